@@ -1,1 +1,98 @@
-fn main(){}
+//! The `pathflow` command: a thin CLI that wires the crates together.
+//! Each subcommand parses its arguments, builds the crate's config and runs it;
+//! the work itself lives in the member crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand};
+
+/// Demand, capacity and waits across the GP / hospital boundary.
+#[derive(Parser)]
+#[command(name = "pathflow", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write source-side files (GP, PAS, e-RS, FHIR) for a fictional ICB, with synthetic identifiers.
+    Simulate(SimulateArgs),
+    /// Write the JSON Schema of every event type into a directory.
+    Schemas {
+        /// Directory to write `*.schema.json` into (stale ones are removed).
+        #[arg(long, default_value = "schemas/json")]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Output directory (created; an earlier simulate output there is replaced).
+    #[arg(long, default_value = "out/simulate")]
+    out: PathBuf,
+    /// Seed: the same seed and arguments give byte-identical files.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Registered patients in the ICB.
+    #[arg(long, default_value_t = 250_000)]
+    population: u32,
+    /// Weeks in the extract period.
+    #[arg(long, default_value_t = 52)]
+    weeks: u32,
+    /// First day of the period (a Monday).
+    #[arg(long, default_value = "2025-04-07")]
+    start: NaiveDate,
+    /// Weeks of hospital history before the period, so lists are in steady state.
+    #[arg(long, default_value_t = 52)]
+    run_in_weeks: u32,
+    /// Acute providers (0: one per 600,000 patients).
+    #[arg(long, default_value_t = 0)]
+    providers: u32,
+    /// Share of practices exporting FHIR R4 Bundles instead of CSV.
+    #[arg(long, default_value_t = 0.1)]
+    fhir_share: f64,
+    /// Share of source rows replaced by a realistic bad record (0 for none).
+    #[arg(long, default_value_t = 0.002)]
+    bad_record_rate: f64,
+    /// First-appointment capacity per specialty as a multiple of demand, e.g. `110=0.8,330=1.2`.
+    #[arg(long)]
+    capacity: Option<String>,
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let mut cfg = pathflow_simulate::SimConfig::new(args.out);
+    cfg.seed = args.seed;
+    cfg.population = args.population;
+    cfg.weeks = args.weeks;
+    cfg.start = args.start;
+    cfg.run_in_weeks = args.run_in_weeks;
+    cfg.providers = args.providers;
+    cfg.fhir_share = args.fhir_share;
+    cfg.bad_record_rate = args.bad_record_rate;
+    if let Some(spec) = &args.capacity {
+        cfg.set_capacities(spec)?;
+    }
+    pathflow_simulate::run(&cfg, &|line: &str| eprintln!("simulate: {line}"))?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Simulate(args) => simulate(args),
+        Command::Schemas { out } => pathflow_schemas::json_schema::write_schema_files(&out)
+            .with_context(|| format!("writing JSON Schemas to {}", out.display()))
+            .map(|n| eprintln!("wrote {n} schema files to {}", out.display())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pathflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
