@@ -75,7 +75,7 @@ pub struct Faults {
     pub required: usize,
     /// A date or date-time column.
     pub date: usize,
-    /// A column that may hold free text.
+    /// A column whose values never need quoting, for the stray quote.
     pub text: usize,
 }
 

@@ -47,6 +47,9 @@ const STOP_AT_FIRST: f64 = 0.45;
 const PIFU_TRIGGERED: f64 = 0.4;
 /// Share of routine first slots given out of referral order (clinical prioritisation, patient choice).
 const OUT_OF_ORDER: f64 = 0.15;
+/// Most follow-ups one pathway has (the count is binomial, so chains are
+/// bounded and reach steady state within the run-in).
+const MAX_FOLLOWUPS: u32 = 4;
 /// Follow-up capacity as a multiple of expected follow-up demand.
 const FOLLOWUP_CAPACITY: f64 = 1.03;
 
@@ -230,7 +233,7 @@ impl<'a> Hospital<'a> {
             let dir = format!("pas/{}", p.code);
             let stream = |k: u64| Rng::new(cfg.seed, 0x1000 + 16 * i as u64 + k);
             let tf_fault = |nhs, required, date, text| Faults { nhs_number: nhs, code: (8, "999"), required, date, text };
-            referrals.push(CsvFile::create(root, &format!("{dir}/referrals.csv"), &REFERRAL_HEADER)?.with_faults(tf_fault(Some(2), 0, 11, 21), bad, stream(1)));
+            referrals.push(CsvFile::create(root, &format!("{dir}/referrals.csv"), &REFERRAL_HEADER)?.with_faults(tf_fault(Some(2), 0, 11, 5), bad, stream(1)));
             appointments.push(
                 CsvFile::create(root, &format!("{dir}/outpatient_appointments.csv"), &APPOINTMENT_HEADER)?
                     .with_faults(Faults { nhs_number: Some(3), code: (16, "8"), required: 0, date: 14, text: 9 }, bad, stream(2)),
@@ -562,7 +565,7 @@ impl<'a> Hospital<'a> {
                 }
             }
             (None, _) => {
-                let followups = self.rng.geometric(mean_followups());
+                let followups = (0..MAX_FOLLOWUPS).filter(|_| self.rng.chance(mean_followups() / f64::from(MAX_FOLLOWUPS))).count() as u32;
                 let stop_now = self.rng.chance(STOP_AT_FIRST);
                 if stop_now {
                     let r = self.rng.f64();
@@ -610,7 +613,7 @@ impl<'a> Hospital<'a> {
         let q = self.queue_index(pw.provider, pw.spec);
         if pw.followups_left > 0 {
             let seq = self.seq();
-            let due = day + Duration::weeks(self.rng.range(4, 16));
+            let due = day + Duration::weeks(self.rng.range(4, 12));
             let pifu = self.rng.chance(targets::PIFU_SHARE);
             self.followups.insert(seq, Followup { seq, pathway, requested: day, due, pifu, appointment: None });
             self.queues[q].due.push(Reverse((due, seq)));

@@ -137,6 +137,12 @@ impl Icb {
             first_postcode += postcodes;
             remaining -= size;
         }
+        if fhir_share > 0.0 && !practices.iter().any(|p| p.fhir) {
+            // Small runs still get one FHIR practice, so every format is exercised.
+            if let Some(last) = practices.last_mut() {
+                last.fhir = true;
+            }
+        }
         let n_providers = providers.max(1) as usize;
         let n_practices = practices.len();
         for (i, p) in practices.iter_mut().enumerate() {

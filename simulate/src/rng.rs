@@ -111,16 +111,6 @@ impl Rng {
         }
         weights.len() - 1
     }
-
-    /// A geometric count (0, 1, 2, …) with the given mean.
-    pub fn geometric(&mut self, mean: f64) -> u32 {
-        let p_more = mean / (1.0 + mean);
-        let mut k = 0;
-        while self.chance(p_more) {
-            k += 1;
-        }
-        k
-    }
 }
 
 /// A precomputed table for drawing indexes by weight in O(log n).
@@ -162,14 +152,12 @@ mod tests {
     }
 
     #[test]
-    fn poisson_and_geometric_means_are_right() {
+    fn poisson_means_are_right() {
         let mut rng = Rng::new(1, 1);
         for lambda in [0.5, 4.0, 80.0] {
             let n = 20_000;
             let mean = (0..n).map(|_| f64::from(rng.poisson(lambda))).sum::<f64>() / f64::from(n);
             assert!((mean - lambda).abs() / lambda < 0.03, "{lambda}: {mean}");
         }
-        let mean = (0..20_000).map(|_| f64::from(rng.geometric(2.0))).sum::<f64>() / 20_000.0;
-        assert!((mean - 2.0).abs() < 0.06, "{mean}");
     }
 }
