@@ -52,12 +52,29 @@ mod tests {
     #[test]
     fn bronze_has_envelope_payload_and_provenance_columns() {
         let schema = events_schema();
-        for name in ["event_id", "occurred_at", "event_date", "practice", "treatment_function", "data", "kafka_offset"] {
+        for name in [
+            "event_id",
+            "occurred_at",
+            "event_date",
+            "practice",
+            "treatment_function",
+            "data",
+            "kafka_offset",
+        ] {
             assert!(schema.field_with_name(name).is_ok(), "{name}");
         }
-        let no_unsigned = schema.fields().iter().all(|f| !f.data_type().is_unsigned_integer());
+        let no_unsigned = schema
+            .fields()
+            .iter()
+            .all(|f| !f.data_type().is_unsigned_integer());
         assert!(no_unsigned, "Delta Lake has no unsigned integer types");
-        for forbidden in ["nhs_number", "date_of_birth", "postcode", "ubrn", "hospital_number"] {
+        for forbidden in [
+            "nhs_number",
+            "date_of_birth",
+            "postcode",
+            "ubrn",
+            "hospital_number",
+        ] {
             assert!(schema.field_with_name(forbidden).is_err(), "{forbidden}");
         }
     }

@@ -308,12 +308,27 @@ mod tests {
 
     #[test]
     fn text_in_any_form_maps_to_the_code() {
-        assert_eq!(TreatmentFunction::from_text("110"), Some(TreatmentFunction::TraumaAndOrthopaedics));
-        assert_eq!(TreatmentFunction::from_text("trauma and orthopaedics"), Some(TreatmentFunction::TraumaAndOrthopaedics));
-        assert_eq!(Priority::from_text("Two Week Wait"), Some(Priority::TwoWeekWait));
+        assert_eq!(
+            TreatmentFunction::from_text("110"),
+            Some(TreatmentFunction::TraumaAndOrthopaedics)
+        );
+        assert_eq!(
+            TreatmentFunction::from_text("trauma and orthopaedics"),
+            Some(TreatmentFunction::TraumaAndOrthopaedics)
+        );
+        assert_eq!(
+            Priority::from_text("Two Week Wait"),
+            Some(Priority::TwoWeekWait)
+        );
         assert_eq!(Priority::from_text("3"), Some(Priority::TwoWeekWait));
-        assert_eq!(AppointmentMode::from_text("Video Conference/Online"), Some(AppointmentMode::VideoOnline));
-        assert_eq!(ClockStopReason::from_text("30"), Some(ClockStopReason::FirstDefinitiveTreatment));
+        assert_eq!(
+            AppointmentMode::from_text("Video Conference/Online"),
+            Some(AppointmentMode::VideoOnline)
+        );
+        assert_eq!(
+            ClockStopReason::from_text("30"),
+            Some(ClockStopReason::FirstDefinitiveTreatment)
+        );
         assert_eq!(Priority::from_text("soon"), None);
     }
 

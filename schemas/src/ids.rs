@@ -96,7 +96,9 @@ macro_rules! string_id {
 }
 
 fn is_lower_hex_32(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn is_name(s: &str) -> bool {
@@ -110,7 +112,8 @@ fn is_name(s: &str) -> bool {
 
 fn is_ods(s: &str) -> bool {
     (3..=6).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
         && s.bytes().any(|b| b.is_ascii_uppercase())
 }
 

@@ -73,7 +73,10 @@ pub fn write_schema_files(dir: &Path) -> std::io::Result<usize> {
     let files = schema_files();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.ends_with(".schema.json") && !files.iter().any(|f| f.name == name) {
             std::fs::remove_file(&path)?;
         }

@@ -16,13 +16,17 @@ pub struct NhsNumber([u8; 10]);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NhsNumberError {
     /// Wrong number of digits once spaces and dashes are removed.
-    #[error("an NHS number has 10 digits (spaces or dashes allowed between them); this value has {0}")]
+    #[error(
+        "an NHS number has 10 digits (spaces or dashes allowed between them); this value has {0}"
+    )]
     WrongLength(usize),
     /// A character other than a digit, space or dash.
     #[error("an NHS number may contain only digits, spaces and dashes")]
     NotDigits,
     /// The tenth digit does not match the Modulus 11 check of the first nine.
-    #[error("the check digit does not match (Modulus 11 rule): the number is mistyped or not an NHS number")]
+    #[error(
+        "the check digit does not match (Modulus 11 rule): the number is mistyped or not an NHS number"
+    )]
     BadCheckDigit,
 }
 

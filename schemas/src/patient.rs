@@ -170,9 +170,24 @@ mod tests {
     #[test]
     fn bands_from_dates_of_birth() {
         let d = |y, m, day| NaiveDate::from_ymd_opt(y, m, day).unwrap();
-        assert_eq!(AgeBand::at(d(1980, 6, 15), d(2025, 6, 14)).unwrap().to_string(), "40-44");
-        assert_eq!(AgeBand::at(d(1980, 6, 15), d(2025, 6, 15)).unwrap().to_string(), "45-49");
-        assert_eq!(AgeBand::at(d(1920, 1, 1), d(2025, 1, 1)).unwrap().to_string(), "90+");
+        assert_eq!(
+            AgeBand::at(d(1980, 6, 15), d(2025, 6, 14))
+                .unwrap()
+                .to_string(),
+            "40-44"
+        );
+        assert_eq!(
+            AgeBand::at(d(1980, 6, 15), d(2025, 6, 15))
+                .unwrap()
+                .to_string(),
+            "45-49"
+        );
+        assert_eq!(
+            AgeBand::at(d(1920, 1, 1), d(2025, 1, 1))
+                .unwrap()
+                .to_string(),
+            "90+"
+        );
         assert_eq!(AgeBand::at(d(2025, 1, 2), d(2025, 1, 1)), None);
     }
 
@@ -190,7 +205,10 @@ mod tests {
     fn deciles_are_one_to_ten() {
         assert!(Decile::new(0).is_err());
         assert!(Decile::new(11).is_err());
-        assert_eq!(serde_json::to_string(&Decile::new(3).unwrap()).unwrap(), "3");
+        assert_eq!(
+            serde_json::to_string(&Decile::new(3).unwrap()).unwrap(),
+            "3"
+        );
         assert!(serde_json::from_str::<Decile>("12").is_err());
     }
 }

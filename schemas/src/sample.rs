@@ -14,7 +14,10 @@ fn pid(n: u8) -> PseudoId {
 }
 
 fn at(minutes: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 4, 7, 9, 0, 0).single().expect("valid time") + Duration::minutes(minutes)
+    Utc.with_ymd_and_hms(2025, 4, 7, 9, 0, 0)
+        .single()
+        .expect("valid time")
+        + Duration::minutes(minutes)
 }
 
 fn ods(code: &str) -> OdsCode {
@@ -34,7 +37,11 @@ pub fn one_of_each() -> Vec<Event> {
     let slot = pid(4);
     let advice = pid(5);
     let followup = pid(6);
-    let op = |contact, followup_id| AppointmentKind::Outpatient { pathway_id: pathway.clone(), contact, followup_id };
+    let op = |contact, followup_id| AppointmentKind::Outpatient {
+        pathway_id: pathway.clone(),
+        contact,
+        followup_id,
+    };
     let payloads = vec![
         Payload::ReferralCreated(ReferralCreated {
             pathway_id: pathway.clone(),
@@ -43,20 +50,48 @@ pub fn one_of_each() -> Vec<Event> {
             referral_source: ReferralSource::Gp,
             from_advice: Some(advice.clone()),
         }),
-        Payload::ReferralTriaged(ReferralTriaged { pathway_id: pathway.clone(), outcome: TriageOutcome::Redirected, redirected_to: Some(TreatmentFunction::Rheumatology) }),
-        Payload::ClockStarted(ClockStarted { pathway_id: pathway.clone(), reason: ClockStartReason::FirstActivity }),
-        Payload::ClockStopped(ClockStopped { pathway_id: pathway.clone(), reason: ClockStopReason::FirstDefinitiveTreatment }),
-        Payload::ReferralDischarged(ReferralDischarged { pathway_id: pathway.clone() }),
-        Payload::AdviceRequested(AdviceRequested { advice_id: advice.clone(), patient: patient.clone() }),
-        Payload::AdviceResponded(AdviceResponded { advice_id: advice.clone(), outcome: AdviceOutcome::ReferralAdvised }),
-        Payload::AdviceConverted(AdviceConverted { advice_id: advice.clone(), pathway_id: pathway.clone() }),
+        Payload::ReferralTriaged(ReferralTriaged {
+            pathway_id: pathway.clone(),
+            outcome: TriageOutcome::Redirected,
+            redirected_to: Some(TreatmentFunction::Rheumatology),
+        }),
+        Payload::ClockStarted(ClockStarted {
+            pathway_id: pathway.clone(),
+            reason: ClockStartReason::FirstActivity,
+        }),
+        Payload::ClockStopped(ClockStopped {
+            pathway_id: pathway.clone(),
+            reason: ClockStopReason::FirstDefinitiveTreatment,
+        }),
+        Payload::ReferralDischarged(ReferralDischarged {
+            pathway_id: pathway.clone(),
+        }),
+        Payload::AdviceRequested(AdviceRequested {
+            advice_id: advice.clone(),
+            patient: patient.clone(),
+        }),
+        Payload::AdviceResponded(AdviceResponded {
+            advice_id: advice.clone(),
+            outcome: AdviceOutcome::ReferralAdvised,
+        }),
+        Payload::AdviceConverted(AdviceConverted {
+            advice_id: advice.clone(),
+            pathway_id: pathway.clone(),
+        }),
         Payload::SlotPublished(SlotPublished {
             slot_id: slot.clone(),
             start: at(60 * 24),
             duration_minutes: 10,
-            kind: SlotKind::Gp { mode: AppointmentMode::Telephone, hcp_type: HcpType::Gp, national_category: NationalCategory::GeneralConsultationAcute },
+            kind: SlotKind::Gp {
+                mode: AppointmentMode::Telephone,
+                hcp_type: HcpType::Gp,
+                national_category: NationalCategory::GeneralConsultationAcute,
+            },
         }),
-        Payload::SlotWithdrawn(SlotWithdrawn { slot_id: slot.clone(), reason: SlotWithdrawReason::StaffUnavailable }),
+        Payload::SlotWithdrawn(SlotWithdrawn {
+            slot_id: slot.clone(),
+            reason: SlotWithdrawReason::StaffUnavailable,
+        }),
         Payload::AppointmentBooked(AppointmentBooked {
             appointment_id: appointment.clone(),
             slot_id: Some(slot.clone()),
@@ -64,10 +99,21 @@ pub fn one_of_each() -> Vec<Event> {
             start: at(60 * 24 * 14),
             kind: op(ContactType::First, None),
         }),
-        Payload::AppointmentRescheduled(AppointmentRescheduled { appointment_id: appointment.clone(), start: at(60 * 24 * 21), slot_id: None }),
-        Payload::AppointmentCancelled(AppointmentCancelled { appointment_id: appointment.clone(), by: CancelledBy::Provider }),
-        Payload::AppointmentAttended(AppointmentAttended { appointment_id: appointment.clone() }),
-        Payload::AppointmentDidNotAttend(AppointmentDidNotAttend { appointment_id: appointment.clone() }),
+        Payload::AppointmentRescheduled(AppointmentRescheduled {
+            appointment_id: appointment.clone(),
+            start: at(60 * 24 * 21),
+            slot_id: None,
+        }),
+        Payload::AppointmentCancelled(AppointmentCancelled {
+            appointment_id: appointment.clone(),
+            by: CancelledBy::Provider,
+        }),
+        Payload::AppointmentAttended(AppointmentAttended {
+            appointment_id: appointment.clone(),
+        }),
+        Payload::AppointmentDidNotAttend(AppointmentDidNotAttend {
+            appointment_id: appointment.clone(),
+        }),
         Payload::FollowupRequired(FollowupRequired {
             followup_id: followup.clone(),
             pathway_id: pathway.clone(),
@@ -75,9 +121,20 @@ pub fn one_of_each() -> Vec<Event> {
             due_date: NaiveDate::from_ymd_opt(2025, 7, 1).expect("valid date"),
             pifu: true,
         }),
-        Payload::FollowupBooked(FollowupBooked { followup_id: followup.clone(), pathway_id: pathway.clone(), appointment_id: appointment }),
-        Payload::FollowupCompleted(FollowupCompleted { followup_id: followup.clone(), pathway_id: pathway.clone() }),
-        Payload::FollowupCancelled(FollowupCancelled { followup_id: followup, pathway_id: pathway, reason: FollowupCancelReason::PifuPeriodEnded }),
+        Payload::FollowupBooked(FollowupBooked {
+            followup_id: followup.clone(),
+            pathway_id: pathway.clone(),
+            appointment_id: appointment,
+        }),
+        Payload::FollowupCompleted(FollowupCompleted {
+            followup_id: followup.clone(),
+            pathway_id: pathway.clone(),
+        }),
+        Payload::FollowupCancelled(FollowupCancelled {
+            followup_id: followup,
+            pathway_id: pathway,
+            reason: FollowupCancelReason::PifuPeriodEnded,
+        }),
     ];
     payloads
         .into_iter()
@@ -94,7 +151,11 @@ pub fn one_of_each() -> Vec<Event> {
                     key_id: Some(KeyId::parse("k2025a").expect("valid key id")),
                     practice: Some(ods("Y01234")),
                     provider: if gp { None } else { Some(ods("RX1")) },
-                    treatment_function: if gp { None } else { Some(TreatmentFunction::TraumaAndOrthopaedics) },
+                    treatment_function: if gp {
+                        None
+                    } else {
+                        Some(TreatmentFunction::TraumaAndOrthopaedics)
+                    },
                 },
                 payload,
             }

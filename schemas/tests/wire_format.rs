@@ -8,7 +8,11 @@ use pathflow_schemas::{Event, EventType, sample};
 fn every_event_type_round_trips_through_json() {
     let events = sample::one_of_each();
     let types: Vec<EventType> = events.iter().map(Event::event_type).collect();
-    assert_eq!(types, EventType::ALL, "the sample covers every event type in order");
+    assert_eq!(
+        types,
+        EventType::ALL,
+        "the sample covers every event type in order"
+    );
     for event in events {
         let json = serde_json::to_string(&event).unwrap();
         let back: Event = serde_json::from_str(&json).unwrap();
@@ -21,7 +25,18 @@ fn wire_names_are_stable_snake_case() {
     let event = &sample::one_of_each()[0];
     let value = serde_json::to_value(event).unwrap();
     let obj = value.as_object().unwrap();
-    for key in ["event_id", "event_type", "occurred_at", "recorded_at", "source", "schema_version", "practice", "provider", "treatment_function", "data"] {
+    for key in [
+        "event_id",
+        "event_type",
+        "occurred_at",
+        "recorded_at",
+        "source",
+        "schema_version",
+        "practice",
+        "provider",
+        "treatment_function",
+        "data",
+    ] {
         assert!(obj.contains_key(key), "missing {key} in {value}");
     }
     assert_eq!(value["event_type"], "referral.created");
@@ -57,10 +72,17 @@ fn checked_in_json_schemas_match_the_types() {
         }
     }
     let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default();
     names.retain(|n| n.ends_with(".schema.json") && !expected.iter().any(|f| &f.name == n));
-    stale.extend(names.into_iter().map(|n| format!("{n} (no longer generated)")));
+    stale.extend(
+        names
+            .into_iter()
+            .map(|n| format!("{n} (no longer generated)")),
+    );
     assert!(
         stale.is_empty(),
         "schemas/json/ is out of date with the event types: {stale:?}\n\
@@ -72,7 +94,10 @@ fn checked_in_json_schemas_match_the_types() {
 #[test]
 fn per_type_schemas_pin_the_event_type() {
     let files = schema_files();
-    let f = files.iter().find(|f| f.name == "appointment.booked.schema.json").unwrap();
+    let f = files
+        .iter()
+        .find(|f| f.name == "appointment.booked.schema.json")
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&f.text).unwrap();
     assert_eq!(v["properties"]["event_type"]["const"], "appointment.booked");
     assert!(f.text.contains("appointment_id"));

@@ -105,26 +105,43 @@ impl SimConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
         if self.population < 2_000 {
-            return err(format!("--population must be at least 2000 (one practice); got {}", self.population));
+            return err(format!(
+                "--population must be at least 2000 (one practice); got {}",
+                self.population
+            ));
         }
         if self.weeks == 0 || self.weeks > 520 {
             return err(format!("--weeks must be 1 to 520; got {}", self.weeks));
         }
         if self.start.weekday() != Weekday::Mon {
-            return err(format!("--start must be a Monday (periods are whole ISO weeks); {} is a {}", self.start, self.start.weekday()));
+            return err(format!(
+                "--start must be a Monday (periods are whole ISO weeks); {} is a {}",
+                self.start,
+                self.start.weekday()
+            ));
         }
         if !(0.0..=0.5).contains(&self.bad_record_rate) {
-            return err(format!("--bad-record-rate must be between 0 and 0.5; got {}", self.bad_record_rate));
+            return err(format!(
+                "--bad-record-rate must be between 0 and 0.5; got {}",
+                self.bad_record_rate
+            ));
         }
         if !(0.0..=1.0).contains(&self.fhir_share) {
-            return err(format!("--fhir-share must be between 0 and 1; got {}", self.fhir_share));
+            return err(format!(
+                "--fhir-share must be between 0 and 1; got {}",
+                self.fhir_share
+            ));
         }
         if self.specialties.is_empty() {
             return err("at least one specialty is needed".into());
         }
         for s in &self.specialties {
             if !(0.05..=5.0).contains(&s.capacity) {
-                return err(format!("capacity for treatment function {} must be 0.05 to 5 times demand; got {}", s.tf.code(), s.capacity));
+                return err(format!(
+                    "capacity for treatment function {} must be 0.05 to 5 times demand; got {}",
+                    s.tf.code(),
+                    s.capacity
+                ));
             }
         }
         Ok(())
@@ -134,7 +151,9 @@ impl SimConfig {
     pub fn set_capacities(&mut self, spec: &str) -> Result<(), ConfigError> {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (code, factor) = part.split_once('=').ok_or_else(|| {
-                ConfigError(format!("--capacity takes TFC=FACTOR pairs such as 110=0.8,330=1.2; got {part:?}"))
+                ConfigError(format!(
+                    "--capacity takes TFC=FACTOR pairs such as 110=0.8,330=1.2; got {part:?}"
+                ))
             })?;
             let tf = TreatmentFunction::from_text(code)
                 .ok_or_else(|| ConfigError(format!("--capacity: {code:?} is not a known treatment function code (e.g. 110 for Trauma and Orthopaedics)")))?;
@@ -144,7 +163,16 @@ impl SimConfig {
                 .map_err(|_| ConfigError(format!("--capacity: {factor:?} for {code} is not a number; use e.g. 0.8 for 80% of demand")))?;
             match self.specialties.iter_mut().find(|s| s.tf == tf) {
                 Some(s) => s.capacity = factor,
-                None => return Err(ConfigError(format!("--capacity: treatment function {code} is not simulated; simulated are {}", self.specialties.iter().map(|s| s.tf.code()).collect::<Vec<_>>().join(", ")))),
+                None => {
+                    return Err(ConfigError(format!(
+                        "--capacity: treatment function {code} is not simulated; simulated are {}",
+                        self.specialties
+                            .iter()
+                            .map(|s| s.tf.code())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
             }
         }
         Ok(())
@@ -154,7 +182,13 @@ impl SimConfig {
 /// Specialties with shares of referral demand close to national RTT clock starts.
 pub fn default_specialties() -> Vec<Specialty> {
     use TreatmentFunction::*;
-    let s = |tf, share, capacity, backlog_weeks, two_week_wait| Specialty { tf, share, capacity, backlog_weeks, two_week_wait };
+    let s = |tf, share, capacity, backlog_weeks, two_week_wait| Specialty {
+        tf,
+        share,
+        capacity,
+        backlog_weeks,
+        two_week_wait,
+    };
     vec![
         s(TraumaAndOrthopaedics, 11.0, 0.97, 20.0, 0.0),
         s(Ophthalmology, 9.0, 1.0, 14.0, 0.0),

@@ -140,7 +140,10 @@ impl CsvFile {
     /// Appends a text field, quoting it when it holds a separator, quote or line break.
     pub fn text(&mut self, value: &str) -> &mut Self {
         let start = self.begin_field();
-        if value.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        if value
+            .bytes()
+            .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+        {
             self.row.push(b'"');
             for b in value.bytes() {
                 if b == b'"' {
@@ -155,10 +158,26 @@ impl CsvFile {
         self.end_field(start)
     }
 
+    /// Appends an identifier `{prefix}{n}`, `n` zero-padded to `width` digits,
+    /// without building a `String` (the generator writes millions of them).
+    pub fn id(&mut self, prefix: &str, n: u64, width: usize) -> &mut Self {
+        let start = self.begin_field();
+        self.row.extend_from_slice(prefix.as_bytes());
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n);
+        self.row.extend(std::iter::repeat_n(
+            b'0',
+            width.saturating_sub(digits.len()),
+        ));
+        self.row.extend_from_slice(digits.as_bytes());
+        self.end_field(start)
+    }
+
     /// Appends an integer field.
     pub fn int(&mut self, value: i64) -> &mut Self {
         let start = self.begin_field();
-        self.row.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self.row
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
         self.end_field(start)
     }
 
@@ -231,7 +250,8 @@ impl CsvFile {
         let kind = match &mut self.faults {
             Some((faults, rate, rng)) => {
                 let skip = usize::from(faults.nhs_number.is_none());
-                rng.chance(*rate).then(|| BadKind::ALL[skip + rng.below(BadKind::ALL.len() - skip)])
+                rng.chance(*rate)
+                    .then(|| BadKind::ALL[skip + rng.below(BadKind::ALL.len() - skip)])
             }
             None => None,
         };
@@ -260,7 +280,9 @@ impl CsvFile {
     }
 
     fn write_bad(&mut self, kind: BadKind) -> io::Result<()> {
-        let Some((faults, _, _)) = self.faults else { return Ok(()) };
+        let Some((faults, _, _)) = self.faults else {
+            return Ok(());
+        };
         let mut fields = self.fields();
         let column = match kind {
             BadKind::BadCheckDigit => {
@@ -290,7 +312,10 @@ impl CsvFile {
             BadKind::BrokenQuoting => {
                 let f = &mut fields[faults.text];
                 let cut = f.len() / 2;
-                let cut = (0..=cut).rev().find(|i| f.is_char_boundary(*i)).unwrap_or(0);
+                let cut = (0..=cut)
+                    .rev()
+                    .find(|i| f.is_char_boundary(*i))
+                    .unwrap_or(0);
                 f.insert_str(cut, "\"x, y");
                 faults.text
             }
@@ -308,7 +333,11 @@ impl CsvFile {
             file: self.rel.clone(),
             line: self.line,
             kind,
-            field: self.header.get(column).map(|s| s.to_string()).unwrap_or_default(),
+            field: self
+                .header
+                .get(column)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
         });
         Ok(())
     }
@@ -316,7 +345,12 @@ impl CsvFile {
     /// Flushes the file and says what is in it.
     pub fn close(mut self) -> io::Result<FileSummary> {
         self.out.flush()?;
-        Ok(FileSummary { file: self.rel, lines: self.line - 1, records: self.rows, bad: self.bad })
+        Ok(FileSummary {
+            file: self.rel,
+            lines: self.line - 1,
+            records: self.rows,
+            bad: self.bad,
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use pathflow_schemas::Week;
 use pathflow_schemas::codes::Sex;
 use serde_json::{Value, json};
 
-use crate::gp::{GpAppointment, GpStatus};
+use crate::gp::{GpAppointment, GpStatus, appointment_prefix, local_id, slot_prefix};
 use crate::population::Icb;
 
 /// Identifier system of NHS numbers.
@@ -22,16 +22,22 @@ pub const GPAD_MODE_SYSTEM: &str = "https://pathflow.dev/fhir/CodeSystem/gpad-ap
 /// Code system for GPAD HCP types.
 pub const GPAD_HCP_SYSTEM: &str = "https://pathflow.dev/fhir/CodeSystem/gpad-hcp-type";
 /// Code system for GPAD national categories.
-pub const GPAD_CATEGORY_SYSTEM: &str = "https://pathflow.dev/fhir/CodeSystem/gpad-national-category";
+pub const GPAD_CATEGORY_SYSTEM: &str =
+    "https://pathflow.dev/fhir/CodeSystem/gpad-national-category";
 
 /// The UK civil time offset on `date`: BST from the last Sunday of March to
 /// the last Sunday of October (the hour of the change itself is not modelled).
 pub fn uk_offset(date: NaiveDate) -> &'static str {
     let last_sunday = |month: u32| {
-        let last = NaiveDate::from_ymd_opt(date.year(), month + 1, 1).expect("valid month") - Duration::days(1);
+        let last = NaiveDate::from_ymd_opt(date.year(), month + 1, 1).expect("valid month")
+            - Duration::days(1);
         last - Duration::days(i64::from(last.weekday().num_days_from_sunday()))
     };
-    if date >= last_sunday(3) && date < last_sunday(10) { "+01:00" } else { "+00:00" }
+    if date >= last_sunday(3) && date < last_sunday(10) {
+        "+01:00"
+    } else {
+        "+00:00"
+    }
 }
 
 fn instant(t: NaiveDateTime) -> String {
@@ -43,20 +49,35 @@ fn coding(system: &str, code: &str) -> Value {
 }
 
 /// Writes the Bundle of one practice-week to `path`.
-pub fn write_gp_bundle(path: &Path, icb: &Icb, practice: usize, week: Week, rows: &[GpAppointment]) -> io::Result<()> {
+pub fn write_gp_bundle(
+    path: &Path,
+    icb: &Icb,
+    practice: usize,
+    week: Week,
+    rows: &[GpAppointment],
+) -> io::Result<()> {
     let p = &icb.practices[practice];
+    let (appointment_prefix, slot_prefix) = (appointment_prefix(&p.code), slot_prefix(&p.code));
+    let encounter_prefix = format!("{}-E", p.code);
+    let mut patients_written = std::collections::HashSet::new();
     let mut entries = Vec::with_capacity(rows.len() * 3);
     let mut add = |resource: Value| {
-        let url = format!("urn:pathflow:{}/{}", resource["resourceType"].as_str().unwrap_or(""), resource["id"].as_str().unwrap_or(""));
+        let url = format!(
+            "urn:pathflow:{}/{}",
+            resource["resourceType"].as_str().unwrap_or(""),
+            resource["id"].as_str().unwrap_or("")
+        );
         entries.push(json!({"fullUrl": url, "resource": resource}));
     };
     for r in rows {
+        let slot_id = local_id(&slot_prefix, r.seq);
+        let appointment_id = local_id(&appointment_prefix, r.seq);
         let end = r.start + Duration::minutes(i64::from(r.duration));
         let category = vec![coding(GPAD_CATEGORY_SYSTEM, r.category.code())];
         let mode = coding(GPAD_MODE_SYSTEM, r.mode.code());
         add(json!({
             "resourceType": "Slot",
-            "id": r.slot_id,
+            "id": slot_id,
             "schedule": {"reference": format!("Schedule/{}-{}", p.code, r.hcp.wire_name())},
             "status": if r.status == GpStatus::Available { "free" } else { "busy" },
             "start": instant(r.start),
@@ -65,9 +86,11 @@ pub fn write_gp_bundle(path: &Path, icb: &Icb, practice: usize, week: Week, rows
             "appointmentType": mode,
         }));
         let Some(index) = r.patient else { continue };
-        let patient = icb.patient(index);
         let patient_id = format!("{}-P{}", p.code, index - p.first_patient);
-        add(json!({
+        // Each patient appears once per Bundle, however many appointments they have.
+        if patients_written.insert(index) {
+            let patient = icb.patient(index);
+            add(json!({
             "resourceType": "Patient",
             "id": patient_id,
             "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": patient.nhs_number.expose_digits()}],
@@ -75,7 +98,8 @@ pub fn write_gp_bundle(path: &Path, icb: &Icb, practice: usize, week: Week, rows
             "gender": match patient.sex { Sex::Male => "male", Sex::Female => "female", _ => "unknown" },
             "address": [{"postalCode": patient.postcode}],
             "generalPractitioner": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": p.code}}],
-        }));
+            }));
+        }
         let status = match r.status {
             GpStatus::Attended => "fulfilled",
             GpStatus::Dna => "noshow",
@@ -84,7 +108,7 @@ pub fn write_gp_bundle(path: &Path, icb: &Icb, practice: usize, week: Week, rows
         };
         let mut appointment = json!({
             "resourceType": "Appointment",
-            "id": r.appointment_id,
+            "id": appointment_id,
             "status": status,
             "serviceCategory": [coding(GPAD_CATEGORY_SYSTEM, r.category.code())],
             "appointmentType": coding(GPAD_MODE_SYSTEM, r.mode.code()),
@@ -92,26 +116,33 @@ pub fn write_gp_bundle(path: &Path, icb: &Icb, practice: usize, week: Week, rows
             "end": instant(end),
             "minutesDuration": r.duration,
             "created": r.booked_at.map(instant),
-            "slot": [{"reference": format!("Slot/{}", r.slot_id)}],
+            "slot": [{"reference": format!("Slot/{slot_id}")}],
             "participant": [
                 {"actor": {"reference": format!("Patient/{patient_id}")}, "status": "accepted"},
                 {"type": [coding(GPAD_HCP_SYSTEM, r.hcp.code())], "status": "accepted"},
             ],
         });
         if let Some(at) = r.cancelled_at {
-            let reason = if r.status == GpStatus::CancelledByPatient { "pat" } else { "prov" };
-            appointment["cancelationReason"] = coding("http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason", reason);
+            let reason = if r.status == GpStatus::CancelledByPatient {
+                "pat"
+            } else {
+                "prov"
+            };
+            appointment["cancelationReason"] = coding(
+                "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason",
+                reason,
+            );
             appointment["extension"] = json!([{"url": "https://pathflow.dev/fhir/StructureDefinition/cancelled-at", "valueDateTime": instant(at)}]);
         }
         add(appointment);
         if r.status == GpStatus::Attended {
             add(json!({
                 "resourceType": "Encounter",
-                "id": format!("{}-E{}", p.code, &r.appointment_id[p.code.len() + 2..]),
+                "id": local_id(&encounter_prefix, r.seq),
                 "status": "finished",
                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
                 "subject": {"reference": format!("Patient/{patient_id}")},
-                "appointment": [{"reference": format!("Appointment/{}", r.appointment_id)}],
+                "appointment": [{"reference": format!("Appointment/{appointment_id}")}],
                 "period": {"start": instant(r.start), "end": instant(end)},
             }));
         }

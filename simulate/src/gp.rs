@@ -48,10 +48,9 @@ impl GpStatus {
 /// One row of the appointment book.
 #[derive(Debug, Clone)]
 pub struct GpAppointment {
-    /// Practice-local appointment number (empty for an unbooked slot).
-    pub appointment_id: String,
-    /// Practice-local slot number.
-    pub slot_id: String,
+    /// Practice-local number of the slot, and of the appointment when booked
+    /// (written `<practice>-S0000123` and `<practice>-A0000123`).
+    pub seq: u32,
     /// Slot start (local time).
     pub start: NaiveDateTime,
     /// Minutes.
@@ -74,11 +73,30 @@ pub struct GpAppointment {
 
 /// Header of `gp/appointments.csv`.
 pub const HEADER: [&str; 15] = [
-    "practice_code", "appointment_id", "slot_id", "slot_start", "duration_minutes", "booked_at", "status", "appointment_mode",
-    "hcp_type", "national_category", "nhs_number", "date_of_birth", "sex", "postcode", "cancelled_at",
+    "practice_code",
+    "appointment_id",
+    "slot_id",
+    "slot_start",
+    "duration_minutes",
+    "booked_at",
+    "status",
+    "appointment_mode",
+    "hcp_type",
+    "national_category",
+    "nhs_number",
+    "date_of_birth",
+    "sex",
+    "postcode",
+    "cancelled_at",
 ];
 
-const FAULTS: Faults = Faults { nhs_number: Some(10), code: (7, "Carrier Pigeon"), required: 3, date: 5, text: 9 };
+const FAULTS: Faults = Faults {
+    nhs_number: Some(10),
+    code: (7, "Carrier Pigeon"),
+    required: 3,
+    date: 5,
+    text: 9,
+};
 
 /// Shares of appointments by booking band (GPAD, national) and the relative DNA risk of each.
 const BANDS: [(BookingBand, f64, f64); 7] = [
@@ -99,7 +117,11 @@ const MODES: [(AppointmentMode, f64); 5] = [
     (AppointmentMode::Unknown, 0.04),
 ];
 
-const HCPS: [(HcpType, f64); 3] = [(HcpType::Gp, 0.44), (HcpType::OtherPracticeStaff, 0.53), (HcpType::Unknown, 0.03)];
+const HCPS: [(HcpType, f64); 3] = [
+    (HcpType::Gp, 0.44),
+    (HcpType::OtherPracticeStaff, 0.53),
+    (HcpType::Unknown, 0.03),
+];
 
 const CATEGORIES: [(NationalCategory, f64); 14] = [
     (NationalCategory::GeneralConsultationAcute, 0.31),
@@ -142,7 +164,10 @@ impl GpBook {
         let mean_risk: f64 = BANDS.iter().map(|(_, share, risk)| share * risk).sum();
         GpBook {
             band_weights: BANDS.iter().map(|b| b.1).collect(),
-            dna_by_band: BANDS.iter().map(|b| b.2 / mean_risk * targets::GP_DNA_RATE).collect(),
+            dna_by_band: BANDS
+                .iter()
+                .map(|b| b.2 / mean_risk * targets::GP_DNA_RATE)
+                .collect(),
             mode_w: MODES.iter().map(|m| m.1).collect(),
             hcp_w: HCPS.iter().map(|m| m.1).collect(),
             cat_w: CATEGORIES.iter().map(|m| m.1).collect(),
@@ -151,9 +176,16 @@ impl GpBook {
     }
 
     /// The rows of `practice` for `week`, in slot order.
-    pub fn week(&mut self, icb: &Icb, practice: usize, week: Week, rng: &mut Rng) -> Vec<GpAppointment> {
+    pub fn week(
+        &mut self,
+        icb: &Icb,
+        practice: usize,
+        week: Week,
+        rng: &mut Rng,
+    ) -> Vec<GpAppointment> {
         let p = &icb.practices[practice];
-        let per_week = f64::from(p.list_size) * targets::GP_APPOINTMENTS_PER_PATIENT_MONTH * 7.0 / targets::DAYS_PER_MONTH;
+        let per_week = f64::from(p.list_size) * targets::GP_APPOINTMENTS_PER_PATIENT_MONTH * 7.0
+            / targets::DAYS_PER_MONTH;
         let day_total: f64 = WEEKDAY_WEIGHTS.iter().sum();
         let mut rows = Vec::with_capacity((per_week * 1.15) as usize);
         for (d, w) in WEEKDAY_WEIGHTS.iter().enumerate() {
@@ -163,19 +195,32 @@ impl GpBook {
             let cancelled = rng.poisson(mean * CANCELLED_SHARE);
             let unused = rng.poisson(mean * UNUSED_SLOT_SHARE);
             for kind in 0..booked + cancelled + unused {
-                let status_hint = if kind < booked { 0 } else if kind < booked + cancelled { 1 } else { 2 };
+                let status_hint = if kind < booked {
+                    0
+                } else if kind < booked + cancelled {
+                    1
+                } else {
+                    2
+                };
                 rows.push(self.row(icb, practice, day, status_hint, rng));
             }
         }
-        rows.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| a.slot_id.cmp(&b.slot_id)));
+        rows.sort_by_key(|r| (r.start, r.seq));
         rows
     }
 
-    fn row(&mut self, icb: &Icb, practice: usize, day: NaiveDate, status_hint: u8, rng: &mut Rng) -> GpAppointment {
-        let code = &icb.practices[practice].code;
+    fn row(
+        &mut self,
+        icb: &Icb,
+        practice: usize,
+        day: NaiveDate,
+        status_hint: u8,
+        rng: &mut Rng,
+    ) -> GpAppointment {
         self.seq[practice] += 1;
         let seq = self.seq[practice];
-        let start = day.and_time(NaiveTime::MIN) + Duration::minutes(8 * 60 + 10 * rng.range(0, 59));
+        let start =
+            day.and_time(NaiveTime::MIN) + Duration::minutes(8 * 60 + 10 * rng.range(0, 59));
         let mode = MODES[rng.weighted(&self.mode_w)].0;
         let hcp = HCPS[rng.weighted(&self.hcp_w)].0;
         let category = match mode {
@@ -183,11 +228,9 @@ impl GpBook {
             _ => CATEGORIES[rng.weighted(&self.cat_w)].0,
         };
         let duration = if hcp == HcpType::Gp { 10 } else { 15 };
-        let slot_id = format!("{code}-S{seq:07}");
         if status_hint == 2 {
             return GpAppointment {
-                appointment_id: String::new(),
-                slot_id,
+                seq,
                 start,
                 duration,
                 booked_at: None,
@@ -212,11 +255,16 @@ impl GpBook {
         let booked_at = if lead_days == 0 {
             start - Duration::minutes(rng.range(5, 180))
         } else {
-            (start.date() - Duration::days(lead_days)).and_time(NaiveTime::MIN) + Duration::minutes(rng.range(8 * 60, 18 * 60))
+            (start.date() - Duration::days(lead_days)).and_time(NaiveTime::MIN)
+                + Duration::minutes(rng.range(8 * 60, 18 * 60))
         };
         let (status, cancelled_at) = if status_hint == 1 {
             let by_patient = rng.chance(0.7);
-            let status = if by_patient { GpStatus::CancelledByPatient } else { GpStatus::CancelledByPractice };
+            let status = if by_patient {
+                GpStatus::CancelledByPatient
+            } else {
+                GpStatus::CancelledByPractice
+            };
             let at = booked_at + (start - booked_at) / 2;
             (status, Some(at))
         } else if rng.chance(self.dna_by_band[band]) {
@@ -225,8 +273,7 @@ impl GpBook {
             (GpStatus::Attended, None)
         };
         GpAppointment {
-            appointment_id: format!("{code}-A{seq:07}"),
-            slot_id,
+            seq,
             start,
             duration,
             booked_at: Some(booked_at),
@@ -240,48 +287,92 @@ impl GpBook {
     }
 }
 
-/// Writes GP appointment books: CSV for most practices, FHIR Bundles for the rest.
+/// Writes GP appointment books in one of the two export formats.
 pub struct GpWriter {
-    csv: CsvFile,
+    /// The CSV extract, or `None` when this writer handles the FHIR practices.
+    csv: Option<CsvFile>,
     root: std::path::PathBuf,
     /// FHIR Bundle files written.
     pub fhir_files: u64,
-    /// Rows (slots) written, both formats.
+    /// Rows (slots) written.
     pub rows: u64,
 }
 
 impl GpWriter {
-    /// Creates `gp/appointments.csv` under `root`.
-    pub fn create(root: &Path, bad_rate: f64, rng: Rng) -> io::Result<Self> {
-        let csv = CsvFile::create(root, "gp/appointments.csv", &HEADER)?.with_faults(FAULTS, bad_rate, rng);
-        Ok(GpWriter { csv, root: root.to_path_buf(), fhir_files: 0, rows: 0 })
+    /// A writer of `gp/appointments.csv` for the CSV practices.
+    pub fn csv(root: &Path, bad_rate: f64, rng: Rng) -> io::Result<Self> {
+        let csv = CsvFile::create(root, "gp/appointments.csv", &HEADER)?
+            .with_faults(FAULTS, bad_rate, rng);
+        Ok(GpWriter {
+            csv: Some(csv),
+            root: root.to_path_buf(),
+            fhir_files: 0,
+            rows: 0,
+        })
+    }
+
+    /// A writer of `gp/fhir/<practice>/<week>.json` Bundles for the FHIR practices.
+    pub fn fhir(root: &Path) -> Self {
+        GpWriter {
+            csv: None,
+            root: root.to_path_buf(),
+            fhir_files: 0,
+            rows: 0,
+        }
+    }
+
+    /// True when this writer takes `practice`'s appointment book.
+    pub fn takes(&self, icb: &Icb, practice: usize) -> bool {
+        icb.practices[practice].fhir == self.csv.is_none()
     }
 
     /// Writes one practice-week.
-    pub fn write(&mut self, icb: &Icb, practice: usize, week: Week, rows: &[GpAppointment]) -> io::Result<()> {
+    pub fn write(
+        &mut self,
+        icb: &Icb,
+        practice: usize,
+        week: Week,
+        rows: &[GpAppointment],
+    ) -> io::Result<()> {
         self.rows += rows.len() as u64;
         let p = &icb.practices[practice];
-        if p.fhir {
+        let Some(f) = &mut self.csv else {
             let rel = format!("gp/fhir/{}/{}.json", p.code, week);
             fhir::write_gp_bundle(&self.root.join(rel), icb, practice, week, rows)?;
             self.fhir_files += 1;
             return Ok(());
-        }
+        };
         for r in rows {
-            let f = &mut self.csv;
-            f.text(&p.code).text(&r.appointment_id).text(&r.slot_id).datetime(r.start).int(i64::from(r.duration));
+            f.text(&p.code);
+            if r.patient.is_some() {
+                f.id(&appointment_prefix(&p.code), u64::from(r.seq), 7);
+            } else {
+                f.opt_text(None);
+            }
+            f.id(&slot_prefix(&p.code), u64::from(r.seq), 7)
+                .datetime(r.start)
+                .int(i64::from(r.duration));
             match r.booked_at {
                 Some(t) => f.datetime(t),
                 None => f.opt_text(None),
             };
-            f.text(r.status.text()).text(r.mode.code()).text(r.hcp.code()).text(r.category.code());
+            f.text(r.status.text())
+                .text(r.mode.code())
+                .text(r.hcp.code())
+                .text(r.category.code());
             match r.patient {
                 Some(i) => {
                     let pr = icb.patient(i);
-                    f.text(&pr.nhs_number.expose_digits()).date(pr.date_of_birth).text(pr.sex.label()).text(&pr.postcode);
+                    f.text(&pr.nhs_number.expose_digits())
+                        .date(pr.date_of_birth)
+                        .text(pr.sex.label())
+                        .text(&pr.postcode);
                 }
                 None => {
-                    f.opt_text(None).opt_text(None).opt_text(None).opt_text(None);
+                    f.opt_text(None)
+                        .opt_text(None)
+                        .opt_text(None)
+                        .opt_text(None);
                 }
             }
             match r.cancelled_at {
@@ -298,8 +389,23 @@ impl GpWriter {
         Ok(())
     }
 
-    /// Closes the CSV file.
-    pub fn close(self) -> io::Result<crate::csv::FileSummary> {
-        self.csv.close()
+    /// Closes the CSV file, if this writer has one.
+    pub fn close(self) -> io::Result<Option<crate::csv::FileSummary>> {
+        self.csv.map(CsvFile::close).transpose()
     }
+}
+
+/// `<practice>-A`, the prefix of a practice's appointment numbers.
+pub fn appointment_prefix(practice: &str) -> String {
+    format!("{practice}-A")
+}
+
+/// `<practice>-S`, the prefix of a practice's slot numbers.
+pub fn slot_prefix(practice: &str) -> String {
+    format!("{practice}-S")
+}
+
+/// The text of a practice-local identifier, e.g. `Y90001-A0000123`.
+pub fn local_id(prefix: &str, seq: u32) -> String {
+    format!("{prefix}{seq:07}")
 }

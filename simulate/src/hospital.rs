@@ -18,11 +18,12 @@ use std::io;
 
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 use pathflow_schemas::codes::{
-    AdviceOutcome, AppointmentStatus, ClockStopReason, ContactType, FollowupCancelReason, Priority, ReferralSource, TriageOutcome,
+    AdviceOutcome, AppointmentStatus, ClockStopReason, ContactType, FollowupCancelReason, Priority,
+    ReferralSource, TriageOutcome,
 };
 
 use crate::config::{SimConfig, targets};
-use crate::csv::{CsvFile, FileSummary, Faults};
+use crate::csv::{CsvFile, Faults, FileSummary};
 use crate::population::Icb;
 use crate::rng::Rng;
 
@@ -189,33 +190,102 @@ pub struct Hospital<'a> {
 }
 
 const REFERRAL_HEADER: [&str; 22] = [
-    "ubrn", "hospital_number", "nhs_number", "date_of_birth", "sex", "postcode", "practice_code", "provider_code",
-    "treatment_function_code", "priority", "referral_source", "received_date", "triage_date", "triage_outcome", "redirected_to",
-    "ag_request_id", "clock_start_date", "clock_stop_date", "clock_stop_reason", "first_attendance_date", "discharge_date",
+    "ubrn",
+    "hospital_number",
+    "nhs_number",
+    "date_of_birth",
+    "sex",
+    "postcode",
+    "practice_code",
+    "provider_code",
+    "treatment_function_code",
+    "priority",
+    "referral_source",
+    "received_date",
+    "triage_date",
+    "triage_outcome",
+    "redirected_to",
+    "ag_request_id",
+    "clock_start_date",
+    "clock_stop_date",
+    "clock_stop_reason",
+    "first_attendance_date",
+    "discharge_date",
     "referral_reason",
 ];
 const APPOINTMENT_HEADER: [&str; 18] = [
-    "appointment_id", "ubrn", "hospital_number", "nhs_number", "date_of_birth", "sex", "postcode", "provider_code",
-    "treatment_function_code", "clinic_code", "slot_id", "contact_type", "followup_id", "booked_at", "appointment_start",
-    "original_start", "attendance_status", "cancelled_at",
+    "appointment_id",
+    "ubrn",
+    "hospital_number",
+    "nhs_number",
+    "date_of_birth",
+    "sex",
+    "postcode",
+    "provider_code",
+    "treatment_function_code",
+    "clinic_code",
+    "slot_id",
+    "contact_type",
+    "followup_id",
+    "booked_at",
+    "appointment_start",
+    "original_start",
+    "attendance_status",
+    "cancelled_at",
 ];
 const SLOT_HEADER: [&str; 11] = [
-    "slot_id", "provider_code", "treatment_function_code", "clinic_code", "slot_start", "duration_minutes", "contact_type",
-    "published_at", "status", "withdrawn_at", "withdraw_reason",
+    "slot_id",
+    "provider_code",
+    "treatment_function_code",
+    "clinic_code",
+    "slot_start",
+    "duration_minutes",
+    "contact_type",
+    "published_at",
+    "status",
+    "withdrawn_at",
+    "withdraw_reason",
 ];
 const FOLLOWUP_HEADER: [&str; 16] = [
-    "followup_id", "ubrn", "hospital_number", "nhs_number", "date_of_birth", "sex", "postcode", "provider_code",
-    "treatment_function_code", "requested_date", "due_date", "pifu", "status", "appointment_id", "outcome_date", "cancel_reason",
+    "followup_id",
+    "ubrn",
+    "hospital_number",
+    "nhs_number",
+    "date_of_birth",
+    "sex",
+    "postcode",
+    "provider_code",
+    "treatment_function_code",
+    "requested_date",
+    "due_date",
+    "pifu",
+    "status",
+    "appointment_id",
+    "outcome_date",
+    "cancel_reason",
 ];
 const ADVICE_HEADER: [&str; 13] = [
-    "ag_request_id", "nhs_number", "date_of_birth", "sex", "postcode", "practice_code", "provider_code", "treatment_function_code",
-    "requested_at", "responded_at", "outcome", "converted_ubrn", "clinical_question",
+    "ag_request_id",
+    "nhs_number",
+    "date_of_birth",
+    "sex",
+    "postcode",
+    "practice_code",
+    "provider_code",
+    "treatment_function_code",
+    "requested_at",
+    "responded_at",
+    "outcome",
+    "converted_ubrn",
+    "clinical_question",
 ];
 
 /// A 12-digit UBRN-like booking reference for sequence number `seq` (unique per run).
 fn ubrn(seed: u64, seq: u64) -> String {
     const SPACE: u128 = 1_000_000_000_000;
-    let n = (u128::from(seq) * 314_159_265_359 + u128::from(seed % 1_000_003) * 7 + 100_000_000_000) % SPACE;
+    let n =
+        (u128::from(seq) * 314_159_265_359 + u128::from(seed % 1_000_003) * 7 + 100_000_000_000)
+            % SPACE;
     format!("{n:012}")
 }
 
@@ -232,23 +302,66 @@ impl<'a> Hospital<'a> {
         for (i, p) in icb.providers.iter().enumerate() {
             let dir = format!("pas/{}", p.code);
             let stream = |k: u64| Rng::new(cfg.seed, 0x1000 + 16 * i as u64 + k);
-            let tf_fault = |nhs, required, date, text| Faults { nhs_number: nhs, code: (8, "999"), required, date, text };
-            referrals.push(CsvFile::create(root, &format!("{dir}/referrals.csv"), &REFERRAL_HEADER)?.with_faults(tf_fault(Some(2), 0, 11, 5), bad, stream(1)));
+            let tf_fault = |nhs, required, date, text| Faults {
+                nhs_number: nhs,
+                code: (8, "999"),
+                required,
+                date,
+                text,
+            };
+            referrals.push(
+                CsvFile::create(root, &format!("{dir}/referrals.csv"), &REFERRAL_HEADER)?
+                    .with_faults(tf_fault(Some(2), 0, 11, 5), bad, stream(1)),
+            );
             appointments.push(
-                CsvFile::create(root, &format!("{dir}/outpatient_appointments.csv"), &APPOINTMENT_HEADER)?
-                    .with_faults(Faults { nhs_number: Some(3), code: (16, "8"), required: 0, date: 14, text: 9 }, bad, stream(2)),
+                CsvFile::create(
+                    root,
+                    &format!("{dir}/outpatient_appointments.csv"),
+                    &APPOINTMENT_HEADER,
+                )?
+                .with_faults(
+                    Faults {
+                        nhs_number: Some(3),
+                        code: (16, "8"),
+                        required: 0,
+                        date: 14,
+                        text: 9,
+                    },
+                    bad,
+                    stream(2),
+                ),
             );
             clinic_slots.push(
                 CsvFile::create(root, &format!("{dir}/clinic_slots.csv"), &SLOT_HEADER)?
-                    .with_faults(Faults { nhs_number: None, code: (2, "999"), required: 0, date: 4, text: 3 }, bad, stream(3)),
+                    .with_faults(
+                        Faults {
+                            nhs_number: None,
+                            code: (2, "999"),
+                            required: 0,
+                            date: 4,
+                            text: 3,
+                        },
+                        bad,
+                        stream(3),
+                    ),
             );
-            followup_file.push(CsvFile::create(root, &format!("{dir}/followups.csv"), &FOLLOWUP_HEADER)?.with_faults(tf_fault(Some(3), 0, 10, 12), bad, stream(4)));
+            followup_file.push(
+                CsvFile::create(root, &format!("{dir}/followups.csv"), &FOLLOWUP_HEADER)?
+                    .with_faults(tf_fault(Some(3), 0, 10, 12), bad, stream(4)),
+            );
         }
-        let advice_file = CsvFile::create(root, "ers/advice_and_guidance.csv", &ADVICE_HEADER)?.with_faults(
-            Faults { nhs_number: Some(1), code: (7, "999"), required: 0, date: 8, text: 12 },
-            bad,
-            Rng::new(cfg.seed, 0x2000),
-        );
+        let advice_file = CsvFile::create(root, "ers/advice_and_guidance.csv", &ADVICE_HEADER)?
+            .with_faults(
+                Faults {
+                    nhs_number: Some(1),
+                    code: (7, "999"),
+                    required: 0,
+                    date: 8,
+                    text: 12,
+                },
+                bad,
+                Rng::new(cfg.seed, 0x2000),
+            );
         let origin = cfg.start - Duration::weeks(i64::from(cfg.run_in_weeks));
         let total_weeks = (cfg.run_in_weeks + cfg.weeks) as usize;
         let extract = cfg.start + Duration::weeks(i64::from(cfg.weeks)) - Duration::days(1);
@@ -261,8 +374,12 @@ impl<'a> Hospital<'a> {
             queues: Vec::new(),
             pathways: HashMap::new(),
             followups: HashMap::new(),
-            booked: (0..total_weeks + LEAD_WEEKS + 1).map(|_| Vec::new()).collect(),
-            slots: (0..total_weeks + LEAD_WEEKS + 1).map(|_| Vec::new()).collect(),
+            booked: (0..total_weeks + LEAD_WEEKS + 1)
+                .map(|_| Vec::new())
+                .collect(),
+            slots: (0..total_weeks + LEAD_WEEKS + 1)
+                .map(|_| Vec::new())
+                .collect(),
             future_referrals: (0..total_weeks + 2).map(|_| Vec::new()).collect(),
             next_seq: 1,
             referrals,
@@ -277,21 +394,28 @@ impl<'a> Hospital<'a> {
         let per_week = h.referrals_per_week();
         let accepted = TRIAGE[0].1 + TRIAGE[3].1;
         // Slots a first appointment uses on average, given cancellations, withdrawn clinics and rebooked DNAs.
-        let first_slot_use = 1.0 / (1.0 - PATIENT_CANCEL - SLOT_WITHDRAWN - targets::OP_DNA_RATE * DNA_REBOOKED);
-        let followup_slot_use = 1.0 / (1.0 - PATIENT_CANCEL - SLOT_WITHDRAWN - targets::OP_DNA_RATE);
+        let first_slot_use =
+            1.0 / (1.0 - PATIENT_CANCEL - SLOT_WITHDRAWN - targets::OP_DNA_RATE * DNA_REBOOKED);
+        let followup_slot_use =
+            1.0 / (1.0 - PATIENT_CANCEL - SLOT_WITHDRAWN - targets::OP_DNA_RATE);
         for p in 0..n_prov {
             let provider_share = h.provider_share(p);
             for (s, spec) in cfg.specialties.iter().enumerate() {
                 let demand = per_week * spec.share / share_total * provider_share * accepted;
-                let first_attendances = demand * (1.0 - targets::OP_DNA_RATE * (1.0 - DNA_REBOOKED));
-                let fu_demand = first_attendances * mean_followups() * (1.0 - targets::PIFU_SHARE * (1.0 - PIFU_TRIGGERED));
+                let first_attendances =
+                    demand * (1.0 - targets::OP_DNA_RATE * (1.0 - DNA_REBOOKED));
+                let fu_demand = first_attendances
+                    * mean_followups()
+                    * (1.0 - targets::PIFU_SHARE * (1.0 - PIFU_TRIGGERED));
                 h.queues.push(Queue {
                     provider: p,
                     spec: s,
                     waiting: Default::default(),
                     due: BinaryHeap::new(),
                     first_slots: (demand * first_slot_use * spec.capacity).round().max(1.0) as u32,
-                    followup_slots: (fu_demand * followup_slot_use * FOLLOWUP_CAPACITY).round().max(1.0) as u32,
+                    followup_slots: (fu_demand * followup_slot_use * FOLLOWUP_CAPACITY)
+                        .round()
+                        .max(1.0) as u32,
                 });
                 h.stats.push(QueueStats {
                     provider: icb.providers[p].code.clone(),
@@ -313,7 +437,8 @@ impl<'a> Hospital<'a> {
 
     /// Referrals received per week across the ICB (direct and converted A&G).
     fn referrals_per_week(&self) -> f64 {
-        f64::from(self.cfg.population) / 1000.0 * targets::CLOCK_STARTS_PER_1000_MONTH * 7.0 / targets::DAYS_PER_MONTH
+        f64::from(self.cfg.population) / 1000.0 * targets::CLOCK_STARTS_PER_1000_MONTH * 7.0
+            / targets::DAYS_PER_MONTH
     }
 
     /// Share of the ICB's referrals that go to provider `p`.
@@ -323,7 +448,14 @@ impl<'a> Hospital<'a> {
         self.icb
             .practices
             .iter()
-            .map(|pr| f64::from(pr.list_size) / pop * if pr.home_provider == p { 0.9 + 0.1 / n } else { 0.1 / n })
+            .map(|pr| {
+                f64::from(pr.list_size) / pop
+                    * if pr.home_provider == p {
+                        0.9 + 0.1 / n
+                    } else {
+                        0.1 / n
+                    }
+            })
             .sum()
     }
 
@@ -340,7 +472,11 @@ impl<'a> Hospital<'a> {
 
     fn provider_of(&mut self, practice: usize) -> usize {
         let n = self.icb.providers.len();
-        if n == 1 || self.rng.chance(0.9) { self.icb.practices[practice].home_provider } else { self.rng.below(n) }
+        if n == 1 || self.rng.chance(0.9) {
+            self.icb.practices[practice].home_provider
+        } else {
+            self.rng.below(n)
+        }
     }
 
     fn queue_index(&self, provider: usize, spec: usize) -> usize {
@@ -361,7 +497,15 @@ impl<'a> Hospital<'a> {
     }
 
     /// Creates a referral; `backlog` ones are triaged and waiting already.
-    fn new_referral(&mut self, received: NaiveDate, practice: usize, provider: usize, spec: usize, from: Option<&Converted>, backlog: bool) -> io::Result<()> {
+    fn new_referral(
+        &mut self,
+        received: NaiveDate,
+        practice: usize,
+        provider: usize,
+        spec: usize,
+        from: Option<&Converted>,
+        backlog: bool,
+    ) -> io::Result<()> {
         let seq = match from {
             Some(c) => c.seq,
             None => self.seq(),
@@ -419,7 +563,10 @@ impl<'a> Hospital<'a> {
                 Priority::Urgent => 1,
                 Priority::Routine => 2,
             };
-            self.queues[q].waiting[lane].push_back(Waiting { pathway: seq, ready: triage });
+            self.queues[q].waiting[lane].push_back(Waiting {
+                pathway: seq,
+                ready: triage,
+            });
             self.pathways.insert(seq, pathway);
             Ok(())
         } else {
@@ -439,7 +586,9 @@ impl<'a> Hospital<'a> {
         self.write_slots(k)?;
         if monday >= self.cfg.start {
             for (q, stats) in self.queues.iter().zip(self.stats.iter_mut()) {
-                stats.waiting_first.push(q.waiting.iter().map(VecDeque::len).sum());
+                stats
+                    .waiting_first
+                    .push(q.waiting.iter().map(VecDeque::len).sum());
             }
         }
         Ok(())
@@ -492,7 +641,15 @@ impl<'a> Hospital<'a> {
             if received <= self.extract && week < self.future_referrals.len() {
                 // The referral is created in its own week; its number (and UBRN) is fixed now.
                 let ref_seq = self.seq();
-                self.future_referrals[week.max(k)].push(Converted { advice: seq, seq: ref_seq, received, practice, provider, spec, patient });
+                self.future_referrals[week.max(k)].push(Converted {
+                    advice: seq,
+                    seq: ref_seq,
+                    received,
+                    practice,
+                    provider,
+                    spec,
+                    patient,
+                });
                 converted_ubrn = Some(ubrn(self.cfg.seed, ref_seq));
             }
         }
@@ -532,14 +689,19 @@ impl<'a> Hospital<'a> {
             (AppointmentStatus::CancelledByProvider, Some(w))
         } else if self.rng.chance(PATIENT_CANCEL) {
             let notice = Duration::days(self.rng.range(1, 10));
-            (AppointmentStatus::CancelledByPatient, Some((day - notice).max(a.booked_at.date())))
+            (
+                AppointmentStatus::CancelledByPatient,
+                Some((day - notice).max(a.booked_at.date())),
+            )
         } else if self.rng.chance(targets::OP_DNA_RATE) {
             (AppointmentStatus::DidNotAttend, None)
         } else {
             (AppointmentStatus::Attended, None)
         };
         self.write_appointment(&a, status, cancelled_at)?;
-        let Some(pw) = self.pathways.get(&a.pathway) else { return Ok(()) };
+        let Some(pw) = self.pathways.get(&a.pathway) else {
+            return Ok(());
+        };
         let q = self.queue_index(pw.provider, pw.spec);
         let lane = match pw.priority {
             Priority::TwoWeekWait => 0,
@@ -547,9 +709,15 @@ impl<'a> Hospital<'a> {
             Priority::Routine => 2,
         };
         match (a.followup, status) {
-            (None, AppointmentStatus::CancelledByPatient | AppointmentStatus::CancelledByProvider) => {
+            (
+                None,
+                AppointmentStatus::CancelledByPatient | AppointmentStatus::CancelledByProvider,
+            ) => {
                 let ready = cancelled_at.unwrap_or(day);
-                self.queues[q].waiting[lane].push_front(Waiting { pathway: a.pathway, ready });
+                self.queues[q].waiting[lane].push_front(Waiting {
+                    pathway: a.pathway,
+                    ready,
+                });
             }
             (None, AppointmentStatus::DidNotAttend) => {
                 if self.rng.chance(DNA_REBOOKED) {
@@ -558,14 +726,19 @@ impl<'a> Hospital<'a> {
                     if let Some(pw) = self.pathways.get_mut(&a.pathway) {
                         pw.clock_start = rebooked;
                     }
-                    self.queues[q].waiting[lane].push_back(Waiting { pathway: a.pathway, ready: rebooked });
+                    self.queues[q].waiting[lane].push_back(Waiting {
+                        pathway: a.pathway,
+                        ready: rebooked,
+                    });
                 } else {
                     self.stop_clock(a.pathway, day, ClockStopReason::DidNotAttendFirst);
                     self.discharge(a.pathway, day)?;
                 }
             }
             (None, _) => {
-                let followups = (0..MAX_FOLLOWUPS).filter(|_| self.rng.chance(mean_followups() / f64::from(MAX_FOLLOWUPS))).count() as u32;
+                let followups = (0..MAX_FOLLOWUPS)
+                    .filter(|_| self.rng.chance(mean_followups() / f64::from(MAX_FOLLOWUPS)))
+                    .count() as u32;
                 let stop_now = self.rng.chance(STOP_AT_FIRST);
                 if stop_now {
                     let r = self.rng.f64();
@@ -595,7 +768,11 @@ impl<'a> Hospital<'a> {
             }
             (Some(fu), _) => {
                 // Cancelled or missed follow-ups go back on the list, a DNA two weeks on.
-                let due = if status == AppointmentStatus::DidNotAttend { day + Duration::weeks(2) } else { day };
+                let due = if status == AppointmentStatus::DidNotAttend {
+                    day + Duration::weeks(2)
+                } else {
+                    day
+                };
                 if let Some(f) = self.followups.get_mut(&fu) {
                     f.appointment = None;
                     f.due = due.max(f.due);
@@ -609,13 +786,25 @@ impl<'a> Hospital<'a> {
 
     /// After an attendance: the next follow-up, or the end of the pathway.
     fn next_step(&mut self, pathway: u64, day: NaiveDate) -> io::Result<()> {
-        let Some(pw) = self.pathways.get(&pathway) else { return Ok(()) };
+        let Some(pw) = self.pathways.get(&pathway) else {
+            return Ok(());
+        };
         let q = self.queue_index(pw.provider, pw.spec);
         if pw.followups_left > 0 {
             let seq = self.seq();
             let due = day + Duration::weeks(self.rng.range(4, 12));
             let pifu = self.rng.chance(targets::PIFU_SHARE);
-            self.followups.insert(seq, Followup { seq, pathway, requested: day, due, pifu, appointment: None });
+            self.followups.insert(
+                seq,
+                Followup {
+                    seq,
+                    pathway,
+                    requested: day,
+                    due,
+                    pifu,
+                    appointment: None,
+                },
+            );
             self.queues[q].due.push(Reverse((due, seq)));
             return Ok(());
         }
@@ -632,18 +821,20 @@ impl<'a> Hospital<'a> {
     }
 
     fn stop_clock(&mut self, pathway: u64, day: NaiveDate, reason: ClockStopReason) {
-        if let Some(pw) = self.pathways.get_mut(&pathway) {
-            if day <= self.extract && pw.clock_stop.is_none() {
-                pw.clock_stop = Some((day, reason));
-            }
+        if let Some(pw) = self.pathways.get_mut(&pathway)
+            && day <= self.extract
+            && pw.clock_stop.is_none()
+        {
+            pw.clock_stop = Some((day, reason));
         }
     }
 
     fn discharge(&mut self, pathway: u64, day: NaiveDate) -> io::Result<()> {
-        if let Some(pw) = self.pathways.get_mut(&pathway) {
-            if day <= self.extract {
-                pw.discharged = Some(day);
-            }
+        // A discharge after the extract date is not yet known to the extract.
+        if let Some(pw) = self.pathways.get_mut(&pathway)
+            && day <= self.extract
+        {
+            pw.discharged = Some(day);
         }
         self.close_pathway(pathway)
     }
@@ -665,13 +856,27 @@ impl<'a> Hospital<'a> {
         for q in 0..self.queues.len() {
             let (firsts, fus) = (self.queues[q].first_slots, self.queues[q].followup_slots);
             let mut slots: Vec<Slot> = Vec::with_capacity((firsts + fus) as usize);
-            for (contact, n, minutes) in [(ContactType::First, firsts, 20), (ContactType::FollowUp, fus, 15)] {
+            for (contact, n, minutes) in [
+                (ContactType::First, firsts, 20),
+                (ContactType::FollowUp, fus, 15),
+            ] {
                 for i in 0..n {
                     let day = clinic_monday + Duration::days(i64::from(i % 5));
-                    let start = day.and_time(NaiveTime::MIN) + Duration::minutes(9 * 60 + i64::from(i / 5 * minutes) % (8 * 60));
+                    let start = day.and_time(NaiveTime::MIN)
+                        + Duration::minutes(9 * 60 + i64::from(i / 5 * minutes) % (8 * 60));
                     let seq = self.seq();
-                    let withdrawn = self.rng.chance(SLOT_WITHDRAWN).then(|| day - Duration::days(self.rng.range(1, 13)));
-                    slots.push(Slot { seq, contact, start, published: clinic_monday - Duration::weeks(6), withdrawn, booked: false });
+                    let withdrawn = self
+                        .rng
+                        .chance(SLOT_WITHDRAWN)
+                        .then(|| day - Duration::days(self.rng.range(1, 13)));
+                    slots.push(Slot {
+                        seq,
+                        contact,
+                        start,
+                        published: clinic_monday - Duration::weeks(6),
+                        withdrawn,
+                        booked: false,
+                    });
                 }
             }
             let mut next_first = 0;
@@ -684,7 +889,11 @@ impl<'a> Hospital<'a> {
                         if list.is_empty() {
                             continue 'first;
                         }
-                        if lane == 2 && self.rng.chance(OUT_OF_ORDER) { self.rng.below(list.len()) } else { 0 }
+                        if lane == 2 && self.rng.chance(OUT_OF_ORDER) {
+                            self.rng.below(list.len())
+                        } else {
+                            0
+                        }
                     };
                     let entry = self.queues[q].waiting[lane][take];
                     if entry.ready > booking_end {
@@ -694,24 +903,40 @@ impl<'a> Hospital<'a> {
                         continue;
                     }
                     self.queues[q].waiting[lane].remove(take);
-                    self.book_slot(w, &mut slots[next_first], entry.pathway, None, entry.ready.max(monday), booking_end);
+                    self.book_slot(
+                        w,
+                        &mut slots[next_first],
+                        entry.pathway,
+                        None,
+                        entry.ready.max(monday),
+                        booking_end,
+                    );
                     next_first += 1;
                 }
             }
             // Follow-ups: in due order, up to two weeks early.
             let horizon = clinic_monday + Duration::days(13);
             while next_fu < slots.len() {
-                let Some(Reverse((due, fu))) = self.queues[q].due.peek().copied() else { break };
+                let Some(Reverse((due, fu))) = self.queues[q].due.peek().copied() else {
+                    break;
+                };
                 if due > horizon {
                     break;
                 }
                 self.queues[q].due.pop();
-                let Some(f) = self.followups.get(&fu) else { continue };
+                let Some(f) = self.followups.get(&fu) else {
+                    continue;
+                };
                 let (pathway, pifu, requested) = (f.pathway, f.pifu, f.requested);
                 if pifu && !self.rng.chance(PIFU_TRIGGERED) {
                     if let Some(f) = self.followups.remove(&fu) {
                         let ended = f.due.min(booking_end);
-                        self.write_followup(&f, "Cancelled", Some(ended), Some(FollowupCancelReason::PifuPeriodEnded))?;
+                        self.write_followup(
+                            &f,
+                            "Cancelled",
+                            Some(ended),
+                            Some(FollowupCancelReason::PifuPeriodEnded),
+                        )?;
                     }
                     if let Some(pw) = self.pathways.get_mut(&pathway) {
                         pw.followups_left = pw.followups_left.saturating_sub(1);
@@ -719,7 +944,14 @@ impl<'a> Hospital<'a> {
                     self.next_step(pathway, due.min(booking_end))?;
                     continue;
                 }
-                self.book_slot(w, &mut slots[next_fu], pathway, Some(fu), requested.max(monday), booking_end);
+                self.book_slot(
+                    w,
+                    &mut slots[next_fu],
+                    pathway,
+                    Some(fu),
+                    requested.max(monday),
+                    booking_end,
+                );
                 next_fu += 1;
             }
             self.slots[w].extend(slots.into_iter().map(|s| (q, s)));
@@ -727,7 +959,15 @@ impl<'a> Hospital<'a> {
         Ok(())
     }
 
-    fn book_slot(&mut self, w: usize, slot: &mut Slot, pathway: u64, followup: Option<u64>, from: NaiveDate, until: NaiveDate) {
+    fn book_slot(
+        &mut self,
+        w: usize,
+        slot: &mut Slot,
+        pathway: u64,
+        followup: Option<u64>,
+        from: NaiveDate,
+        until: NaiveDate,
+    ) {
         slot.booked = true;
         let seq = self.seq();
         let span = (until - from).num_days().max(0);
@@ -777,9 +1017,22 @@ impl<'a> Hospital<'a> {
         f.text(&format!("S{}", s.seq))
             .text(&self.icb.providers[provider].code)
             .text(tf)
-            .text(&format!("{}-{}-{}", self.icb.providers[provider].code, tf, if s.contact == ContactType::First { "NEW" } else { "FU" }))
+            .text(&format!(
+                "{}-{}-{}",
+                self.icb.providers[provider].code,
+                tf,
+                if s.contact == ContactType::First {
+                    "NEW"
+                } else {
+                    "FU"
+                }
+            ))
             .datetime(s.start)
-            .int(if s.contact == ContactType::First { 20 } else { 15 })
+            .int(if s.contact == ContactType::First {
+                20
+            } else {
+                15
+            })
             .text(s.contact.code())
             .date(s.published.min(self.extract))
             .text(status)
@@ -788,8 +1041,15 @@ impl<'a> Hospital<'a> {
         f.finish()
     }
 
-    fn write_appointment(&mut self, a: &Appointment, status: AppointmentStatus, cancelled_at: Option<NaiveDate>) -> io::Result<()> {
-        let Some(pw) = self.pathways.get(&a.pathway) else { return Ok(()) };
+    fn write_appointment(
+        &mut self,
+        a: &Appointment,
+        status: AppointmentStatus,
+        cancelled_at: Option<NaiveDate>,
+    ) -> io::Result<()> {
+        let Some(pw) = self.pathways.get(&a.pathway) else {
+            return Ok(());
+        };
         let icb = self.icb;
         let pr = icb.patient(pw.patient);
         let (provider, spec) = (pw.provider, pw.spec);
@@ -804,7 +1064,16 @@ impl<'a> Hospital<'a> {
             .text(&pr.postcode)
             .text(&icb.providers[provider].code)
             .text(tf)
-            .text(&format!("{}-{}-{}", icb.providers[provider].code, tf, if a.contact == ContactType::First { "NEW" } else { "FU" }))
+            .text(&format!(
+                "{}-{}-{}",
+                icb.providers[provider].code,
+                tf,
+                if a.contact == ContactType::First {
+                    "NEW"
+                } else {
+                    "FU"
+                }
+            ))
             .text(&format!("S{}", a.slot))
             .text(a.contact.code())
             .opt_text(a.followup.map(|fu| format!("FU{fu}")).as_deref())
@@ -818,13 +1087,25 @@ impl<'a> Hospital<'a> {
         f.finish()
     }
 
-    fn write_followup(&mut self, fu: &Followup, status: &str, outcome: Option<NaiveDate>, reason: Option<FollowupCancelReason>) -> io::Result<()> {
-        let Some(pw) = self.pathways.get(&fu.pathway) else { return Ok(()) };
+    fn write_followup(
+        &mut self,
+        fu: &Followup,
+        status: &str,
+        outcome: Option<NaiveDate>,
+        reason: Option<FollowupCancelReason>,
+    ) -> io::Result<()> {
+        let Some(pw) = self.pathways.get(&fu.pathway) else {
+            return Ok(());
+        };
         let icb = self.icb;
         let pr = icb.patient(pw.patient);
         let provider = pw.provider;
         let outcome = outcome.filter(|d| *d <= self.extract);
-        let status = if outcome.is_none() && status != "Booked" { "Waiting" } else { status };
+        let status = if outcome.is_none() && status != "Booked" {
+            "Waiting"
+        } else {
+            status
+        };
         let f = &mut self.followup_file[provider];
         f.text(&format!("FU{}", fu.seq))
             .text(&ubrn(self.cfg.seed, pw.seq))
@@ -883,7 +1164,11 @@ impl<'a> Hospital<'a> {
             appts.sort_by_key(|a| (a.start, a.seq));
             for a in appts {
                 let withdrawn = a.withdrawn.filter(|d| *d <= self.extract);
-                let status = if withdrawn.is_some() { AppointmentStatus::CancelledByProvider } else { AppointmentStatus::Booked };
+                let status = if withdrawn.is_some() {
+                    AppointmentStatus::CancelledByProvider
+                } else {
+                    AppointmentStatus::Booked
+                };
                 self.write_appointment(&a, status, withdrawn)?;
             }
             self.write_slots(w)?;
@@ -892,7 +1177,11 @@ impl<'a> Hospital<'a> {
         open.sort_unstable();
         for seq in open {
             if let Some(f) = self.followups.remove(&seq) {
-                let status = if f.appointment.is_some() { "Booked" } else { "Waiting" };
+                let status = if f.appointment.is_some() {
+                    "Booked"
+                } else {
+                    "Waiting"
+                };
                 self.write_followup(&f, status, None, None)?;
             }
         }
@@ -902,7 +1191,13 @@ impl<'a> Hospital<'a> {
             self.close_pathway(seq)?;
         }
         let mut files = Vec::new();
-        for f in self.referrals.into_iter().chain(self.appointments).chain(self.clinic_slots).chain(self.followup_file) {
+        for f in self
+            .referrals
+            .into_iter()
+            .chain(self.appointments)
+            .chain(self.clinic_slots)
+            .chain(self.followup_file)
+        {
             files.push(f.close()?);
         }
         files.push(self.advice_file.close()?);

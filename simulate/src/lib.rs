@@ -102,7 +102,13 @@ pub fn run(cfg: &SimConfig, progress: &(dyn Fn(&str) + Sync)) -> Result<Summary,
         move |source| SimError::Io { path, source }
     };
     prepare_out_dir(out).map_err(io_err(""))?;
-    let icb = Icb::new(cfg.seed, cfg.population, cfg.provider_count(), cfg.fhir_share, cfg.start);
+    let icb = Icb::new(
+        cfg.seed,
+        cfg.population,
+        cfg.provider_count(),
+        cfg.fhir_share,
+        cfg.start,
+    );
     progress(&format!(
         "simulating {} patients in {} practices, {} provider(s), {} weeks from {} (plus {} weeks of hospital history)",
         cfg.population,
@@ -114,17 +120,36 @@ pub fn run(cfg: &SimConfig, progress: &(dyn Fn(&str) + Sync)) -> Result<Summary,
     ));
     let mut files = write_reference(cfg, &icb).map_err(io_err("reference"))?;
 
+    // Three independent streams (GP CSV practices, GP FHIR practices, hospitals),
+    // each with its own random streams, so the output does not depend on scheduling.
     let gp_done = AtomicU32::new(0);
-    let (gp, hospital) = std::thread::scope(|scope| {
-        let gp = scope.spawn(|| gp_book(cfg, &icb, &gp_done, progress));
+    let (csv, fhir, hospital) = std::thread::scope(|scope| {
+        let csv = scope.spawn(|| {
+            let writer = GpWriter::csv(&cfg.out, cfg.bad_record_rate, Rng::new(cfg.seed, 0x4001))?;
+            gp_book(cfg, &icb, writer, &gp_done, progress)
+        });
+        let fhir = scope.spawn(|| gp_book(cfg, &icb, GpWriter::fhir(&cfg.out), &gp_done, progress));
         let hospital = hospital_side(cfg, &icb, progress);
-        (gp.join().unwrap_or_else(|_| Err(io::Error::other("the GP generator panicked"))), hospital)
+        let joined = |h: std::thread::ScopedJoinHandle<'_, io::Result<GpWriterDone>>| {
+            h.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a GP generator thread panicked")))
+        };
+        (joined(csv), joined(fhir), hospital)
     });
-    let (gp_summary, fhir_files, gp_rows) = gp.map_err(io_err("gp"))?;
+    let csv = csv.map_err(io_err("gp/appointments.csv"))?;
+    let fhir = fhir.map_err(io_err("gp/fhir"))?;
     let (hospital_files, queues) = hospital.map_err(io_err("pas"))?;
-    files.push(gp_summary);
+    files.extend(csv.file);
     files.extend(hospital_files);
-    let summary = Summary { files, fhir_files, gp_rows, practices: icb.practices.len(), providers: icb.providers.len(), queues };
+    let (fhir_files, gp_rows) = (fhir.fhir_files, csv.rows + fhir.rows);
+    let summary = Summary {
+        files,
+        fhir_files,
+        gp_rows,
+        practices: icb.practices.len(),
+        providers: icb.providers.len(),
+        queues,
+    };
     write_answer_key(cfg, &summary).map_err(io_err("manifest.json"))?;
     progress(&format!(
         "done: {} GP appointment-book rows ({} FHIR bundles), {} bad records injected; files under {}",
@@ -162,7 +187,15 @@ fn write_reference(cfg: &SimConfig, icb: &Icb) -> io::Result<Vec<FileSummary>> {
     let mut practices = CsvFile::create(
         root,
         "reference/practices.csv",
-        &["practice_code", "practice_name", "pcn_code", "list_size", "deprivation_decile", "main_provider_code", "appointment_book_format"],
+        &[
+            "practice_code",
+            "practice_name",
+            "pcn_code",
+            "list_size",
+            "deprivation_decile",
+            "main_provider_code",
+            "appointment_book_format",
+        ],
     )?;
     for p in &icb.practices {
         practices
@@ -175,19 +208,28 @@ fn write_reference(cfg: &SimConfig, icb: &Icb) -> io::Result<Vec<FileSummary>> {
             .text(if p.fhir { "fhir" } else { "csv" });
         practices.finish_clean()?;
     }
-    let mut providers = CsvFile::create(root, "reference/providers.csv", &["provider_code", "provider_name"])?;
+    let mut providers = CsvFile::create(
+        root,
+        "reference/providers.csv",
+        &["provider_code", "provider_name"],
+    )?;
     for p in &icb.providers {
         providers.text(&p.code).text(&p.name);
         providers.finish_clean()?;
     }
-    let mut postcodes = CsvFile::create(root, "reference/postcode_deprivation.csv", &["postcode", "imd_decile"])?;
+    let mut postcodes = CsvFile::create(
+        root,
+        "reference/postcode_deprivation.csv",
+        &["postcode", "imd_decile"],
+    )?;
     for (code, decile) in icb.postcodes() {
         if let Some(d) = decile {
             postcodes.text(&code).int(i64::from(d));
             postcodes.finish_clean()?;
         }
     }
-    let mut opt_out = CsvFile::create(root, "reference/national_data_opt_out.csv", &["nhs_number"])?;
+    let mut opt_out =
+        CsvFile::create(root, "reference/national_data_opt_out.csv", &["nhs_number"])?;
     for i in 0..icb.population {
         let p = icb.patient(i);
         if p.opted_out {
@@ -195,38 +237,76 @@ fn write_reference(cfg: &SimConfig, icb: &Icb) -> io::Result<Vec<FileSummary>> {
             opt_out.finish_clean()?;
         }
     }
-    [practices, providers, postcodes, opt_out].into_iter().map(CsvFile::close).collect()
+    [practices, providers, postcodes, opt_out]
+        .into_iter()
+        .map(CsvFile::close)
+        .collect()
 }
 
-fn gp_book(cfg: &SimConfig, icb: &Icb, done: &AtomicU32, progress: &(dyn Fn(&str) + Sync)) -> io::Result<(FileSummary, u64, u64)> {
-    let mut writer = GpWriter::create(&cfg.out, cfg.bad_record_rate, Rng::new(cfg.seed, 0x4001))?;
+/// What one GP writer produced.
+struct GpWriterDone {
+    file: Option<FileSummary>,
+    fhir_files: u64,
+    rows: u64,
+}
+
+fn gp_book(
+    cfg: &SimConfig,
+    icb: &Icb,
+    mut writer: GpWriter,
+    done: &AtomicU32,
+    progress: &(dyn Fn(&str) + Sync),
+) -> io::Result<GpWriterDone> {
     let mut book = GpBook::new(icb.practices.len());
+    let practices: Vec<usize> = (0..icb.practices.len())
+        .filter(|p| writer.takes(icb, *p))
+        .collect();
     let first = Week::of(cfg.start);
     for w in 0..cfg.weeks {
         let week = first.plus(i64::from(w));
-        for practice in 0..icb.practices.len() {
+        for &practice in &practices {
             // One stream per practice-week: output does not depend on thread scheduling.
-            let mut rng = Rng::new(cfg.seed, 0x5000_0000 + u64::from(w) * 100_000 + practice as u64);
+            let mut rng = Rng::new(
+                cfg.seed,
+                0x5000_0000 + u64::from(w) * 100_000 + practice as u64,
+            );
             let rows = book.week(icb, practice, week, &mut rng);
             writer.write(icb, practice, week, &rows)?;
         }
+        // Two writers count weeks here: the CSV practices' and the FHIR practices'.
         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % (cfg.weeks / 4).max(1) == 0 || n == cfg.weeks {
-            progress(&format!("GP appointment books: week {n}/{} ({} rows)", cfg.weeks, writer.rows));
+        let total = 2 * cfg.weeks;
+        if n.is_multiple_of((total / 4).max(1)) || n == total {
+            progress(&format!(
+                "GP appointment books: {}% written",
+                n * 100 / total
+            ));
         }
     }
-    let (fhir, rows) = (writer.fhir_files, writer.rows);
-    Ok((writer.close()?, fhir, rows))
+    let (fhir_files, rows) = (writer.fhir_files, writer.rows);
+    Ok(GpWriterDone {
+        file: writer.close()?,
+        fhir_files,
+        rows,
+    })
 }
 
-fn hospital_side(cfg: &SimConfig, icb: &Icb, progress: &(dyn Fn(&str) + Sync)) -> io::Result<(Vec<FileSummary>, Vec<QueueStats>)> {
+fn hospital_side(
+    cfg: &SimConfig,
+    icb: &Icb,
+    progress: &(dyn Fn(&str) + Sync),
+) -> io::Result<(Vec<FileSummary>, Vec<QueueStats>)> {
     let mut hospital = Hospital::new(cfg, icb)?;
     let total = (cfg.run_in_weeks + cfg.weeks) as usize;
     for k in 0..total {
         hospital.week(k)?;
-        if (k + 1) % (total / 4).max(1) == 0 || k + 1 == total {
-            let date = cfg.start - Duration::weeks(i64::from(cfg.run_in_weeks)) + Duration::weeks(k as i64 + 1);
-            progress(&format!("hospital queues: week {}/{total} (to {date})", k + 1));
+        if (k + 1).is_multiple_of((total / 4).max(1)) || k + 1 == total {
+            let date = cfg.start - Duration::weeks(i64::from(cfg.run_in_weeks))
+                + Duration::weeks(k as i64 + 1);
+            progress(&format!(
+                "hospital queues: week {}/{total} (to {date})",
+                k + 1
+            ));
         }
     }
     hospital.finish()
@@ -236,7 +316,10 @@ fn write_answer_key(cfg: &SimConfig, summary: &Summary) -> io::Result<()> {
     let out = &cfg.out;
     let mut bad = CsvFile::create(out, "bad_records.csv", &["file", "line", "kind", "field"])?;
     for b in summary.bad_records() {
-        bad.text(&b.file).int(b.line as i64).text(b.kind.name()).text(&b.field);
+        bad.text(&b.file)
+            .int(b.line as i64)
+            .text(b.kind.name())
+            .text(&b.field);
         bad.finish_clean()?;
     }
     bad.close()?;

@@ -92,14 +92,39 @@ pub struct Icb {
 }
 
 const FIRST_NAMES: [&str; 16] = [
-    "Abbey", "Beacon", "Castle", "Dale", "Elm", "Fairfield", "Grange", "Holly", "Ivy", "Jubilee", "Kingsway", "Linden", "Meadow",
-    "Northgate", "Orchard", "Park",
+    "Abbey",
+    "Beacon",
+    "Castle",
+    "Dale",
+    "Elm",
+    "Fairfield",
+    "Grange",
+    "Holly",
+    "Ivy",
+    "Jubilee",
+    "Kingsway",
+    "Linden",
+    "Meadow",
+    "Northgate",
+    "Orchard",
+    "Park",
 ];
-const SUFFIXES: [&str; 4] = ["Surgery", "Medical Centre", "Health Centre", "Medical Practice"];
+const SUFFIXES: [&str; 4] = [
+    "Surgery",
+    "Medical Centre",
+    "Health Centre",
+    "Medical Practice",
+];
 
 impl Icb {
     /// Builds the ICB for `population` patients with `providers` providers.
-    pub fn new(seed: u64, population: u32, providers: u32, fhir_share: f64, reference: NaiveDate) -> Self {
+    pub fn new(
+        seed: u64,
+        population: u32,
+        providers: u32,
+        fhir_share: f64,
+        reference: NaiveDate,
+    ) -> Self {
         let mut rng = Rng::new(seed, 0x1CB);
         let mut practices = Vec::new();
         let mut remaining = population;
@@ -112,7 +137,11 @@ impl Icb {
             let mut size = draw.min(remaining);
             if remaining - size < 2_000 {
                 // Never leave a remainder too small to be a practice.
-                size = if remaining <= 25_000 { remaining } else { remaining - 2_000 };
+                size = if remaining <= 25_000 {
+                    remaining
+                } else {
+                    remaining - 2_000
+                };
             }
             if pcn_size >= 30_000 + (rng.f64() * 20_000.0) as u32 {
                 pcn += 1;
@@ -123,7 +152,11 @@ impl Icb {
             let postcodes = size.div_ceil(PEOPLE_PER_POSTCODE);
             practices.push(Practice {
                 code: format!("Y9{:04}", i + 1),
-                name: format!("{} {}", FIRST_NAMES[i % FIRST_NAMES.len()], SUFFIXES[(i / FIRST_NAMES.len()) % SUFFIXES.len()]),
+                name: format!(
+                    "{} {}",
+                    FIRST_NAMES[i % FIRST_NAMES.len()],
+                    SUFFIXES[(i / FIRST_NAMES.len()) % SUFFIXES.len()]
+                ),
                 pcn: format!("U9{:04}", pcn + 1),
                 list_size: size,
                 first_patient,
@@ -148,11 +181,21 @@ impl Icb {
         for (i, p) in practices.iter_mut().enumerate() {
             p.home_provider = i * n_providers / n_practices;
         }
-        const TRUSTS: [&str; 6] = ["Northgate", "Riverside", "Eastfield", "Westmoor", "Southbay", "Highcross"];
+        const TRUSTS: [&str; 6] = [
+            "Northgate",
+            "Riverside",
+            "Eastfield",
+            "Westmoor",
+            "Southbay",
+            "Highcross",
+        ];
         let providers = (0..n_providers)
             .map(|i| Provider {
                 code: format!("R9{}", (b'A' + i as u8) as char),
-                name: format!("{} Hospitals NHS Foundation Trust", TRUSTS[i % TRUSTS.len()]),
+                name: format!(
+                    "{} Hospitals NHS Foundation Trust",
+                    TRUSTS[i % TRUSTS.len()]
+                ),
             })
             .collect();
         let valid_nhs: Vec<u32> = (0..1_000_000u32)
@@ -209,7 +252,13 @@ impl Icb {
                 return index;
             }
             let age = self.age_band(index) * 5;
-            let weight = if age < 18 { 0.35 } else if age < 65 { 0.55 } else { 1.0 };
+            let weight = if age < 18 {
+                0.35
+            } else if age < 65 {
+                0.55
+            } else {
+                1.0
+            };
             if rng.chance(weight) {
                 return index;
             }
@@ -229,12 +278,23 @@ impl Icb {
             .expect("only middles with a check digit are listed");
         let band = self.age_band(index);
         let days_in = unit(self.hash(index, 3)) * 5.0 * 365.25;
-        let age_days = if band == 18 { 90.0 * 365.25 + days_in * 1.2 } else { f64::from(band) * 5.0 * 365.25 + days_in };
+        let age_days = if band == 18 {
+            90.0 * 365.25 + days_in * 1.2
+        } else {
+            f64::from(band) * 5.0 * 365.25 + days_in
+        };
         let date_of_birth = self.reference - Duration::days(age_days as i64);
         let s = unit(self.hash(index, 4));
-        let sex = if s < 0.495 { Sex::Male } else if s < 0.995 { Sex::Female } else { Sex::NotKnown };
+        let sex = if s < 0.495 {
+            Sex::Male
+        } else if s < 0.995 {
+            Sex::Female
+        } else {
+            Sex::NotKnown
+        };
         let p = &self.practices[self.practice_of(index)];
-        let postcode_index = p.first_postcode + (self.hash(index, 5) % u64::from(p.postcodes)) as u32;
+        let postcode_index =
+            p.first_postcode + (self.hash(index, 5) % u64::from(p.postcodes)) as u32;
         PatientRecord {
             index,
             nhs_number,
@@ -247,7 +307,8 @@ impl Icb {
 
     /// The local hospital number of patient `index` at provider `provider`.
     pub fn hospital_number(&self, provider: usize, index: u32) -> String {
-        let n = (u64::from(index) * 7_654_321 + 1_000_003 * provider as u64 + self.seed % 1_000) % 10_000_000;
+        let n = (u64::from(index) * 7_654_321 + 1_000_003 * provider as u64 + self.seed % 1_000)
+            % 10_000_000;
         format!("{}{:07}", (b'K' + provider as u8) as char, n)
     }
 
@@ -290,8 +351,15 @@ mod tests {
     #[test]
     fn practices_have_realistic_list_sizes_and_cover_everyone() {
         let icb = icb(300_000);
-        assert!(icb.practices.iter().all(|p| (2_000..=25_000).contains(&p.list_size)));
-        assert_eq!(icb.practices.iter().map(|p| p.list_size).sum::<u32>(), 300_000);
+        assert!(
+            icb.practices
+                .iter()
+                .all(|p| (2_000..=25_000).contains(&p.list_size))
+        );
+        assert_eq!(
+            icb.practices.iter().map(|p| p.list_size).sum::<u32>(),
+            300_000
+        );
         let pcns: std::collections::BTreeSet<_> = icb.practices.iter().map(|p| &p.pcn).collect();
         assert!(pcns.len() >= 4 && pcns.len() < icb.practices.len());
     }

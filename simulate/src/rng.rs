@@ -136,7 +136,9 @@ impl Cumulative {
     pub fn draw(&self, rng: &mut Rng) -> usize {
         let total = self.totals.last().copied().unwrap_or(0.0);
         let x = rng.f64() * total;
-        self.totals.partition_point(|t| *t <= x).min(self.totals.len() - 1)
+        self.totals
+            .partition_point(|t| *t <= x)
+            .min(self.totals.len() - 1)
     }
 }
 

@@ -10,8 +10,16 @@ use common::Run;
 use pathflow_schemas::NhsNumber;
 
 fn split(line: &str) -> Vec<String> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(line.as_bytes());
-    reader.records().next().and_then(Result::ok).map(|r| r.iter().map(str::to_string).collect()).unwrap_or_default()
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(line.as_bytes());
+    reader
+        .records()
+        .next()
+        .and_then(Result::ok)
+        .map(|r| r.iter().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -26,12 +34,25 @@ fn bad_records_are_exactly_the_listed_ones() {
     let mut listed: BTreeMap<String, BTreeMap<u64, (String, String)>> = BTreeMap::new();
     for line in key.lines().skip(1) {
         let f = split(line);
-        listed.entry(f[0].clone()).or_default().insert(f[1].parse().unwrap(), (f[2].clone(), f[3].clone()));
+        listed
+            .entry(f[0].clone())
+            .or_default()
+            .insert(f[1].parse().unwrap(), (f[2].clone(), f[3].clone()));
     }
-    let kinds: BTreeSet<&str> = listed.values().flat_map(|m| m.values().map(|(k, _)| k.as_str())).collect();
+    let kinds: BTreeSet<&str> = listed
+        .values()
+        .flat_map(|m| m.values().map(|(k, _)| k.as_str()))
+        .collect();
     assert_eq!(
         kinds,
-        BTreeSet::from(["bad_check_digit", "broken_quoting", "duplicated_row", "impossible_date", "missing_field", "unknown_code"])
+        BTreeSet::from([
+            "bad_check_digit",
+            "broken_quoting",
+            "duplicated_row",
+            "impossible_date",
+            "missing_field",
+            "unknown_code"
+        ])
     );
 
     for (file, bad) in &listed {
@@ -42,7 +63,13 @@ fn bad_records_are_exactly_the_listed_ones() {
         for (i, line) in lines.iter().enumerate().skip(1) {
             let number = i as u64 + 1;
             let fields = split(line);
-            let at = |name: &str| header.iter().position(|h| h == name).map(|c| fields[c].as_str()).unwrap_or("");
+            let at = |name: &str| {
+                header
+                    .iter()
+                    .position(|h| h == name)
+                    .map(|c| fields[c].as_str())
+                    .unwrap_or("")
+            };
             match bad.get(&number) {
                 Some((kind, field)) => {
                     let ok = match kind.as_str() {
@@ -54,13 +81,25 @@ fn bad_records_are_exactly_the_listed_ones() {
                         "duplicated_row" => lines[i - 1] == *line,
                         other => panic!("unknown kind {other}"),
                     };
-                    assert!(ok, "{file}:{number} is listed as {kind} in {field} but is not: {line}");
+                    assert!(
+                        ok,
+                        "{file}:{number} is listed as {kind} in {field} but is not: {line}"
+                    );
                 }
-                None if bad.get(&(number + 1)).is_some_and(|(k, _)| k == "duplicated_row") => {}
+                None if bad
+                    .get(&(number + 1))
+                    .is_some_and(|(k, _)| k == "duplicated_row") => {}
                 None => {
-                    assert_eq!(fields.len(), header.len(), "{file}:{number} is not listed but has the wrong field count");
+                    assert_eq!(
+                        fields.len(),
+                        header.len(),
+                        "{file}:{number} is not listed but has the wrong field count"
+                    );
                     if let Some(c) = nhs.filter(|c| !fields[*c].is_empty()) {
-                        assert!(NhsNumber::parse(&fields[c]).is_ok(), "{file}:{number} has an invalid NHS number but is not listed");
+                        assert!(
+                            NhsNumber::parse(&fields[c]).is_ok(),
+                            "{file}:{number} has an invalid NHS number but is not listed"
+                        );
                     }
                 }
             }
@@ -76,7 +115,8 @@ fn identifiers_are_synthetic() {
         c.run_in_weeks = 4;
         c.bad_record_rate = 0.0;
     });
-    let opt_out = std::fs::read_to_string(run.out().join("reference/national_data_opt_out.csv")).unwrap();
+    let opt_out =
+        std::fs::read_to_string(run.out().join("reference/national_data_opt_out.csv")).unwrap();
     let numbers: Vec<&str> = opt_out.lines().skip(1).collect();
     let share = numbers.len() as f64 / 10_000.0;
     assert!((0.04..0.07).contains(&share), "opt-out share {share}");
@@ -84,6 +124,10 @@ fn identifiers_are_synthetic() {
         let n = NhsNumber::parse(n).unwrap();
         assert!(n.is_test_range());
     }
-    let postcodes = std::fs::read_to_string(run.out().join("reference/postcode_deprivation.csv")).unwrap();
-    assert!(postcodes.lines().skip(1).all(|l| l.starts_with("QX")), "postcodes use the unused area QX");
+    let postcodes =
+        std::fs::read_to_string(run.out().join("reference/postcode_deprivation.csv")).unwrap();
+    assert!(
+        postcodes.lines().skip(1).all(|l| l.starts_with("QX")),
+        "postcodes use the unused area QX"
+    );
 }

@@ -31,7 +31,8 @@ fn headline_rates_match_national_calibration() {
     let bundles = run.files("gp/fhir", ".json");
     assert!(!bundles.is_empty(), "some practices export FHIR");
     for path in bundles {
-        let bundle: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let bundle: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         for e in bundle["entry"].as_array().unwrap() {
             let r = &e["resource"];
             if r["resourceType"] == "Appointment" && in_period(r["start"].as_str().unwrap()) {
@@ -46,10 +47,18 @@ fn headline_rates_match_national_calibration() {
 
     let referrals = Table::read_all(&run.files("pas", "referrals.csv"));
     let received = referrals.col("received_date");
-    let clock_starts = referrals.rows.iter().filter(|r| in_period(&r[received])).count() as f64;
+    let clock_starts = referrals
+        .rows
+        .iter()
+        .filter(|r| in_period(&r[received]))
+        .count() as f64;
 
     let op = Table::read_all(&run.files("pas", "outpatient_appointments.csv"));
-    let (start, contact, status) = (op.col("appointment_start"), op.col("contact_type"), op.col("attendance_status"));
+    let (start, contact, status) = (
+        op.col("appointment_start"),
+        op.col("contact_type"),
+        op.col("attendance_status"),
+    );
     let (mut first_att, mut fu_att, mut op_dna) = (0.0, 0.0, 0.0);
     for r in op.rows.iter().filter(|r| in_period(&r[start])) {
         match (&r[contact], &r[status]) {
@@ -67,21 +76,53 @@ fn headline_rates_match_national_calibration() {
     let fus = Table::read_all(&run.files("pas", "followups.csv"));
     let (req, pifu) = (fus.col("requested_date"), fus.col("pifu"));
     let fu_rows: Vec<_> = fus.rows.iter().filter(|r| in_period(&r[req])).collect();
-    let pifu_share = fu_rows.iter().filter(|r| &r[pifu] == "Y").count() as f64 / fu_rows.len() as f64;
+    let pifu_share =
+        fu_rows.iter().filter(|r| &r[pifu] == "Y").count() as f64 / fu_rows.len() as f64;
 
     let gp_total = (gp_seen + gp_dna) as f64;
     let measured = [
-        ("GP appointments per patient per month", gp_total / pop / months, targets::GP_APPOINTMENTS_PER_PATIENT_MONTH),
-        ("GP DNA rate", gp_dna as f64 / gp_total, targets::GP_DNA_RATE),
-        ("RTT clock starts per 1,000 per month", clock_starts / (pop / 1000.0) / months, targets::CLOCK_STARTS_PER_1000_MONTH),
-        ("follow-up attendances per first attendance", fu_att / first_att, targets::FOLLOWUPS_PER_FIRST),
-        ("outpatient DNA rate", op_dna / (first_att + fu_att + op_dna), targets::OP_DNA_RATE),
-        ("A&G share of referral demand", ag_requests / (ag_requests + clock_starts), targets::AG_SHARE),
+        (
+            "GP appointments per patient per month",
+            gp_total / pop / months,
+            targets::GP_APPOINTMENTS_PER_PATIENT_MONTH,
+        ),
+        (
+            "GP DNA rate",
+            gp_dna as f64 / gp_total,
+            targets::GP_DNA_RATE,
+        ),
+        (
+            "RTT clock starts per 1,000 per month",
+            clock_starts / (pop / 1000.0) / months,
+            targets::CLOCK_STARTS_PER_1000_MONTH,
+        ),
+        (
+            "follow-up attendances per first attendance",
+            fu_att / first_att,
+            targets::FOLLOWUPS_PER_FIRST,
+        ),
+        (
+            "outpatient DNA rate",
+            op_dna / (first_att + fu_att + op_dna),
+            targets::OP_DNA_RATE,
+        ),
+        (
+            "A&G share of referral demand",
+            ag_requests / (ag_requests + clock_starts),
+            targets::AG_SHARE,
+        ),
         ("PIFU share of follow-ups", pifu_share, targets::PIFU_SHARE),
     ];
-    let report: Vec<String> = measured.iter().map(|(name, got, want)| format!("{name}: {got:.4} (target {want})")).collect();
+    let report: Vec<String> = measured
+        .iter()
+        .map(|(name, got, want)| format!("{name}: {got:.4} (target {want})"))
+        .collect();
     println!("{}", report.join("\n"));
     for (name, got, want) in measured {
-        assert!((got - want).abs() <= 0.10 * want, "{name} is {got:.4}, more than 10% from {want}\n{}", report.join("\n"));
+        assert!(
+            (got - want).abs() <= 0.10 * want,
+            "{name} is {got:.4}, more than 10% from {want}\n{}",
+            report.join("\n")
+        );
     }
 }

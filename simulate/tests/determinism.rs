@@ -16,7 +16,11 @@ fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 files.insert(rel, std::fs::read(&path).unwrap());
             }
         }
@@ -40,14 +44,27 @@ fn small(seed: u64) -> Run {
 fn same_seed_same_bytes_other_seed_other_bytes() {
     let a = snapshot(small(7).out());
     let b = snapshot(small(7).out());
-    assert!(a.len() > 10, "expected a full output tree, got {:?}", a.keys().collect::<Vec<_>>());
+    assert!(
+        a.len() > 10,
+        "expected a full output tree, got {:?}",
+        a.keys().collect::<Vec<_>>()
+    );
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (name, bytes) in &a {
-        assert!(bytes == &b[name], "{name} differs between two runs with the same seed");
+        assert!(
+            bytes == &b[name],
+            "{name} differs between two runs with the same seed"
+        );
     }
     let c = snapshot(small(8).out());
-    let differing = a.iter().filter(|(name, bytes)| c.get(*name) != Some(*bytes)).count();
-    assert!(differing > 5, "another seed should change the data, only {differing} files differ");
+    let differing = a
+        .iter()
+        .filter(|(name, bytes)| c.get(*name) != Some(*bytes))
+        .count();
+    assert!(
+        differing > 5,
+        "another seed should change the data, only {differing} files differ"
+    );
 }
 
 #[test]
@@ -65,7 +82,12 @@ fn rerunning_into_the_same_directory_replaces_the_output() {
     let other = tempfile::tempdir().unwrap();
     std::fs::write(other.path().join("notes.txt"), "keep me").unwrap();
     cfg.out = other.path().to_path_buf();
-    let err = pathflow_simulate::run(&cfg, &|_| {}).unwrap_err().to_string();
-    assert!(err.contains("not empty") && err.contains("choose an empty"), "{err}");
+    let err = pathflow_simulate::run(&cfg, &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not empty") && err.contains("choose an empty"),
+        "{err}"
+    );
     assert!(other.path().join("notes.txt").exists());
 }

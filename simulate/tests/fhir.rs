@@ -27,7 +27,13 @@ fn bundles_are_linked_fhir_r4_with_nhs_numbers() {
         let entries = b["entry"].as_array().unwrap();
         let urls: HashSet<String> = entries
             .iter()
-            .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap()))
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap(),
+                    e["resource"]["id"].as_str().unwrap()
+                )
+            })
             .collect();
         for e in entries {
             let r = &e["resource"];
@@ -39,11 +45,21 @@ fn bundles_are_linked_fhir_r4_with_nhs_numbers() {
                     assert!(NhsNumber::parse(id["value"].as_str().unwrap()).is_ok());
                 }
                 "Appointment" => {
-                    for reference in [&r["slot"][0]["reference"], &r["participant"][0]["actor"]["reference"]] {
+                    for reference in [
+                        &r["slot"][0]["reference"],
+                        &r["participant"][0]["actor"]["reference"],
+                    ] {
                         let reference = reference.as_str().unwrap();
-                        assert!(urls.contains(reference), "{} refers to {reference}, which is not in the bundle", path.display());
+                        assert!(
+                            urls.contains(reference),
+                            "{} refers to {reference}, which is not in the bundle",
+                            path.display()
+                        );
                     }
-                    assert!(r["start"].as_str().unwrap().ends_with(":00"), "instants carry an offset");
+                    assert!(
+                        r["start"].as_str().unwrap().ends_with(":00"),
+                        "instants carry an offset"
+                    );
                 }
                 _ => {}
             }

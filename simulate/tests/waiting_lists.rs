@@ -28,7 +28,10 @@ fn weekly_list(run: &Run, tf: TreatmentFunction) -> Weekly {
         c("triage_outcome"),
         c("discharge_date"),
     );
-    let mut weekly = Weekly { size: Vec::new(), median_wait_days: Vec::new() };
+    let mut weekly = Weekly {
+        size: Vec::new(),
+        median_wait_days: Vec::new(),
+    };
     for w in 0..run.cfg.weeks {
         let week_end: NaiveDate = run.cfg.start + Duration::weeks(i64::from(w)) + Duration::days(6);
         let after = |field: &str| date(field).is_none_or(|d| d > week_end);
@@ -36,15 +39,27 @@ fn weekly_list(run: &Run, tf: TreatmentFunction) -> Weekly {
             .rows
             .iter()
             .filter(|r| {
-                let service = if r[redirected].is_empty() { &r[tfc] } else { &r[redirected] };
-                let nullified = matches!(&r[outcome], "Rejected" | "Returned to referrer with advice") && !after(&r[triage]);
+                let service = if r[redirected].is_empty() {
+                    &r[tfc]
+                } else {
+                    &r[redirected]
+                };
+                let nullified =
+                    matches!(&r[outcome], "Rejected" | "Returned to referrer with advice")
+                        && !after(&r[triage]);
                 service == tf.code() && !nullified && after(&r[stop]) && after(&r[discharged])
             })
-            .filter_map(|r| date(&r[start]).filter(|d| *d <= week_end).map(|d| (week_end - d).num_days()))
+            .filter_map(|r| {
+                date(&r[start])
+                    .filter(|d| *d <= week_end)
+                    .map(|d| (week_end - d).num_days())
+            })
             .collect();
         waits.sort_unstable();
         weekly.size.push(waits.len());
-        weekly.median_wait_days.push(waits.get(waits.len() / 2).copied().unwrap_or(0));
+        weekly
+            .median_wait_days
+            .push(waits.get(waits.len() / 2).copied().unwrap_or(0));
     }
     weekly
 }
@@ -55,25 +70,57 @@ fn under_capacity_list_grows_while_well_resourced_list_stays_flat() {
         c.population = 60_000;
         c.weeks = 26;
         c.specialties = vec![
-            Specialty { tf: TreatmentFunction::TraumaAndOrthopaedics, share: 11.0, capacity: 0.8, backlog_weeks: 18.0, two_week_wait: 0.0 },
-            Specialty { tf: TreatmentFunction::Dermatology, share: 8.0, capacity: 1.3, backlog_weeks: 4.0, two_week_wait: 0.2 },
+            Specialty {
+                tf: TreatmentFunction::TraumaAndOrthopaedics,
+                share: 11.0,
+                capacity: 0.8,
+                backlog_weeks: 18.0,
+                two_week_wait: 0.0,
+            },
+            Specialty {
+                tf: TreatmentFunction::Dermatology,
+                share: 8.0,
+                capacity: 1.3,
+                backlog_weeks: 4.0,
+                two_week_wait: 0.2,
+            },
         ];
     });
     let short = weekly_list(&run, TreatmentFunction::TraumaAndOrthopaedics);
     let ample = weekly_list(&run, TreatmentFunction::Dermatology);
-    println!("T&O (capacity 0.8) list: {:?}\nmedian waits (days): {:?}", short.size, short.median_wait_days);
+    println!(
+        "T&O (capacity 0.8) list: {:?}\nmedian waits (days): {:?}",
+        short.size, short.median_wait_days
+    );
     println!("Dermatology (capacity 1.3) list: {:?}", ample.size);
 
     let rises = short.size.windows(2).filter(|w| w[1] > w[0]).count();
-    assert!(rises * 10 >= (short.size.len() - 1) * 8, "T&O list should grow in at least 80% of weeks: {:?}", short.size);
+    assert!(
+        rises * 10 >= (short.size.len() - 1) * 8,
+        "T&O list should grow in at least 80% of weeks: {:?}",
+        short.size
+    );
     let (first, last) = (short.size[0] as f64, *short.size.last().unwrap() as f64);
-    assert!(last > first * 1.10, "T&O list should grow by over 10% in 26 weeks: {first} -> {last}");
-    let (w0, w1) = (short.median_wait_days[0], *short.median_wait_days.last().unwrap());
-    assert!(w1 > w0, "T&O median wait should lengthen: {w0} -> {w1} days");
+    assert!(
+        last > first * 1.10,
+        "T&O list should grow by over 10% in 26 weeks: {first} -> {last}"
+    );
+    let (w0, w1) = (
+        short.median_wait_days[0],
+        *short.median_wait_days.last().unwrap(),
+    );
+    assert!(
+        w1 > w0,
+        "T&O median wait should lengthen: {w0} -> {w1} days"
+    );
 
     let mean = ample.size.iter().sum::<usize>() as f64 / ample.size.len() as f64;
     for (w, size) in ample.size.iter().enumerate() {
         let off = (*size as f64 - mean).abs() / mean;
-        assert!(off < 0.15, "Dermatology list should stay flat; week {w} is {size} against a mean of {mean:.0}: {:?}", ample.size);
+        assert!(
+            off < 0.15,
+            "Dermatology list should stay flat; week {w} is {size} against a mean of {mean:.0}: {:?}",
+            ample.size
+        );
     }
 }

@@ -29,7 +29,8 @@ impl Run {
 
     /// First and last day of the period.
     pub fn period(&self) -> (NaiveDate, NaiveDate) {
-        let end = self.cfg.start + chrono::Duration::weeks(i64::from(self.cfg.weeks)) - chrono::Duration::days(1);
+        let end = self.cfg.start + chrono::Duration::weeks(i64::from(self.cfg.weeks))
+            - chrono::Duration::days(1);
         (self.cfg.start, end)
     }
 
@@ -61,20 +62,40 @@ pub struct Table {
 
 impl Table {
     pub fn read(path: &Path) -> Table {
-        let mut reader = csv::ReaderBuilder::new().flexible(true).from_path(path).expect("readable CSV");
-        let header: Vec<String> = reader.headers().expect("header").iter().map(str::to_string).collect();
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_path(path)
+            .expect("readable CSV");
+        let header: Vec<String> = reader
+            .headers()
+            .expect("header")
+            .iter()
+            .map(str::to_string)
+            .collect();
         let mut rows = Vec::new();
         let mut malformed = 0;
         for r in reader.records() {
             let r = r.expect("CSV record");
-            if r.len() == header.len() { rows.push(r) } else { malformed += 1 }
+            if r.len() == header.len() {
+                rows.push(r)
+            } else {
+                malformed += 1
+            }
         }
-        Table { header, rows, malformed }
+        Table {
+            header,
+            rows,
+            malformed,
+        }
     }
 
     /// Reads and concatenates tables with the same header.
     pub fn read_all(paths: &[std::path::PathBuf]) -> Table {
-        let mut all = Table { header: Vec::new(), rows: Vec::new(), malformed: 0 };
+        let mut all = Table {
+            header: Vec::new(),
+            rows: Vec::new(),
+            malformed: 0,
+        };
         for p in paths {
             let t = Table::read(p);
             all.header = t.header;
@@ -85,7 +106,10 @@ impl Table {
     }
 
     pub fn col(&self, name: &str) -> usize {
-        self.header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {:?}", self.header))
+        self.header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no column {name} in {:?}", self.header))
     }
 }
 
