@@ -103,3 +103,34 @@ fn per_type_schemas_pin_the_event_type() {
     assert!(f.text.contains("appointment_id"));
     assert!(!f.text.contains("nhs_number"));
 }
+
+/// The checked-in schema files accept every sample event and reject a broken one.
+#[test]
+fn sample_events_validate_against_the_checked_in_schemas() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("json");
+    let load = |name: &str| -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        serde_json::from_str(&text).unwrap()
+    };
+    let any_event = jsonschema::validator_for(&load("event.schema.json")).unwrap();
+    for event in sample::one_of_each() {
+        let value = serde_json::to_value(&event).unwrap();
+        let name = format!("{}.schema.json", event.event_type().name());
+        let own = jsonschema::validator_for(&load(&name)).unwrap();
+        let errors: Vec<String> = own.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}\n{value}");
+        assert!(
+            any_event.is_valid(&value),
+            "event.schema.json rejects {value}"
+        );
+
+        let mut broken = value.clone();
+        broken["occurred_at"] = "yesterday".into();
+        broken["data"].as_object_mut().unwrap().clear();
+        assert!(
+            !own.is_valid(&broken),
+            "{name} accepts an event without data fields"
+        );
+    }
+}
