@@ -12,5 +12,8 @@
 
 /// The topic each event family is produced to unless configured otherwise.
 pub fn default_topics() -> Vec<String> {
-    pathflow_schemas::Family::ALL.iter().map(|f| f.default_topic()).collect()
+    pathflow_schemas::Family::ALL
+        .iter()
+        .map(|f| f.default_topic())
+        .collect()
 }
