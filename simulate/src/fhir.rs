@@ -7,10 +7,10 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime};
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Timelike};
 use pathflow_schemas::Week;
 use pathflow_schemas::codes::Sex;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::gp::{GpAppointment, GpStatus, appointment_prefix, local_id, slot_prefix};
 use crate::population::Icb;
@@ -40,12 +40,173 @@ pub fn uk_offset(date: NaiveDate) -> &'static str {
     }
 }
 
+/// An instant with its UK offset, e.g. `2025-04-07T09:10:00+01:00`.
 fn instant(t: NaiveDateTime) -> String {
-    format!("{}{}", t.format("%Y-%m-%dT%H:%M:%S"), uk_offset(t.date()))
+    let mut buf = Vec::with_capacity(25);
+    crate::csv::push_date(&mut buf, t.date());
+    let (h, m, sec) = (t.hour(), t.minute(), t.second());
+    for (sep, n) in [(b'T', h), (b':', m), (b':', sec)] {
+        buf.push(sep);
+        buf.push(b'0' + (n / 10) as u8);
+        buf.push(b'0' + (n % 10) as u8);
+    }
+    buf.extend_from_slice(uk_offset(t.date()).as_bytes());
+    String::from_utf8(buf).unwrap_or_default()
 }
 
-fn coding(system: &str, code: &str) -> Value {
-    json!({"coding": [{"system": system, "code": code}]})
+// The resources are borrowed, typed structs streamed one entry at a time:
+// building `serde_json::Value` trees for millions of resources cost most of
+// a large run's time in allocation.
+
+#[derive(Serialize)]
+struct Coding<'a> {
+    system: &'a str,
+    code: &'a str,
+}
+
+#[derive(Serialize)]
+struct Concept<'a> {
+    coding: [Coding<'a>; 1],
+}
+
+fn concept<'a>(system: &'a str, code: &'a str) -> Concept<'a> {
+    Concept {
+        coding: [Coding { system, code }],
+    }
+}
+
+#[derive(Serialize)]
+struct Reference {
+    reference: String,
+}
+
+#[derive(Serialize)]
+struct Identifier<'a> {
+    system: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct Entry<R> {
+    #[serde(rename = "fullUrl")]
+    full_url: String,
+    resource: R,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SlotResource<'a> {
+    resource_type: &'static str,
+    id: &'a str,
+    schedule: Reference,
+    status: &'static str,
+    start: &'a str,
+    end: &'a str,
+    service_category: [Concept<'a>; 1],
+    appointment_type: Concept<'a>,
+}
+
+#[derive(Serialize)]
+struct PostalAddress<'a> {
+    #[serde(rename = "postalCode")]
+    postal_code: &'a str,
+}
+
+#[derive(Serialize)]
+struct OrgIdentifier<'a> {
+    identifier: Identifier<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PatientResource<'a> {
+    resource_type: &'static str,
+    id: &'a str,
+    identifier: [Identifier<'a>; 1],
+    birth_date: &'a str,
+    gender: &'static str,
+    address: [PostalAddress<'a>; 1],
+    general_practitioner: [OrgIdentifier<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Participant<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<Reference>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<[Concept<'a>; 1]>,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct Extension {
+    url: &'static str,
+    #[serde(rename = "valueDateTime")]
+    value_date_time: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AppointmentResource<'a> {
+    resource_type: &'static str,
+    id: &'a str,
+    status: &'static str,
+    service_category: [Concept<'a>; 1],
+    appointment_type: Concept<'a>,
+    start: &'a str,
+    end: &'a str,
+    minutes_duration: u16,
+    created: Option<String>,
+    slot: [Reference; 1],
+    participant: [Participant<'a>; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancelation_reason: Option<Concept<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extension: Option<[Extension; 1]>,
+}
+
+#[derive(Serialize)]
+struct Period<'a> {
+    start: &'a str,
+    end: &'a str,
+}
+
+#[derive(Serialize)]
+struct ActCode {
+    system: &'static str,
+    code: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EncounterResource<'a> {
+    resource_type: &'static str,
+    id: &'a str,
+    status: &'static str,
+    class: ActCode,
+    subject: Reference,
+    appointment: [Reference; 1],
+    period: Period<'a>,
+}
+
+/// Writes bundle entries separated by commas.
+struct Entries<W: Write> {
+    out: W,
+    first: bool,
+}
+
+impl<W: Write> Entries<W> {
+    fn add<R: Serialize>(&mut self, kind: &str, id: &str, resource: R) -> io::Result<()> {
+        if !self.first {
+            self.out.write_all(b",")?;
+        }
+        self.first = false;
+        let entry = Entry {
+            full_url: format!("urn:pathflow:{kind}/{id}"),
+            resource,
+        };
+        serde_json::to_writer(&mut self.out, &entry).map_err(io::Error::other)
+    }
 }
 
 /// Writes the Bundle of one practice-week to `path`.
@@ -57,116 +218,190 @@ pub fn write_gp_bundle(
     rows: &[GpAppointment],
 ) -> io::Result<()> {
     let p = &icb.practices[practice];
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut out = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let timestamp = instant(
+        (week.sunday() + Duration::days(1))
+            .and_hms_opt(2, 0, 0)
+            .unwrap_or_default(),
+    );
+    write!(
+        out,
+        r#"{{"resourceType":"Bundle","id":"{code}-{week}","type":"collection","timestamp":"{timestamp}","meta":{{"source":"urn:ods:{code}"}},"entry":["#,
+        code = p.code
+    )?;
+    let mut entries = Entries { out, first: true };
     let (appointment_prefix, slot_prefix) = (appointment_prefix(&p.code), slot_prefix(&p.code));
     let encounter_prefix = format!("{}-E", p.code);
     let mut patients_written = std::collections::HashSet::new();
-    let mut entries = Vec::with_capacity(rows.len() * 3);
-    let mut add = |resource: Value| {
-        let url = format!(
-            "urn:pathflow:{}/{}",
-            resource["resourceType"].as_str().unwrap_or(""),
-            resource["id"].as_str().unwrap_or("")
-        );
-        entries.push(json!({"fullUrl": url, "resource": resource}));
-    };
     for r in rows {
         let slot_id = local_id(&slot_prefix, r.seq);
-        let appointment_id = local_id(&appointment_prefix, r.seq);
-        let end = r.start + Duration::minutes(i64::from(r.duration));
-        let category = vec![coding(GPAD_CATEGORY_SYSTEM, r.category.code())];
-        let mode = coding(GPAD_MODE_SYSTEM, r.mode.code());
-        add(json!({
-            "resourceType": "Slot",
-            "id": slot_id,
-            "schedule": {"reference": format!("Schedule/{}-{}", p.code, r.hcp.wire_name())},
-            "status": if r.status == GpStatus::Available { "free" } else { "busy" },
-            "start": instant(r.start),
-            "end": instant(end),
-            "serviceCategory": category,
-            "appointmentType": mode,
-        }));
+        let (start, end) = (
+            instant(r.start),
+            instant(r.start + Duration::minutes(i64::from(r.duration))),
+        );
+        entries.add(
+            "Slot",
+            &slot_id,
+            SlotResource {
+                resource_type: "Slot",
+                id: &slot_id,
+                schedule: Reference {
+                    reference: format!("Schedule/{}-{}", p.code, r.hcp.wire_name()),
+                },
+                status: if r.status == GpStatus::Available {
+                    "free"
+                } else {
+                    "busy"
+                },
+                start: &start,
+                end: &end,
+                service_category: [concept(GPAD_CATEGORY_SYSTEM, r.category.code())],
+                appointment_type: concept(GPAD_MODE_SYSTEM, r.mode.code()),
+            },
+        )?;
         let Some(index) = r.patient else { continue };
         let patient_id = format!("{}-P{}", p.code, index - p.first_patient);
         // Each patient appears once per Bundle, however many appointments they have.
         if patients_written.insert(index) {
             let patient = icb.patient(index);
-            add(json!({
-            "resourceType": "Patient",
-            "id": patient_id,
-            "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": patient.nhs_number.expose_digits()}],
-            "birthDate": patient.date_of_birth.to_string(),
-            "gender": match patient.sex { Sex::Male => "male", Sex::Female => "female", _ => "unknown" },
-            "address": [{"postalCode": patient.postcode}],
-            "generalPractitioner": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": p.code}}],
-            }));
+            let (nhs, dob) = (
+                patient.nhs_number.expose_digits(),
+                patient.date_of_birth.to_string(),
+            );
+            entries.add(
+                "Patient",
+                &patient_id,
+                PatientResource {
+                    resource_type: "Patient",
+                    id: &patient_id,
+                    identifier: [Identifier {
+                        system: NHS_NUMBER_SYSTEM,
+                        value: &nhs,
+                    }],
+                    birth_date: &dob,
+                    gender: match patient.sex {
+                        Sex::Male => "male",
+                        Sex::Female => "female",
+                        _ => "unknown",
+                    },
+                    address: [PostalAddress {
+                        postal_code: &patient.postcode,
+                    }],
+                    general_practitioner: [OrgIdentifier {
+                        identifier: Identifier {
+                            system: "https://fhir.nhs.uk/Id/ods-organization-code",
+                            value: &p.code,
+                        },
+                    }],
+                },
+            )?;
         }
+        let appointment_id = local_id(&appointment_prefix, r.seq);
         let status = match r.status {
             GpStatus::Attended => "fulfilled",
             GpStatus::Dna => "noshow",
             GpStatus::CancelledByPatient | GpStatus::CancelledByPractice => "cancelled",
             GpStatus::Available => "proposed",
         };
-        let mut appointment = json!({
-            "resourceType": "Appointment",
-            "id": appointment_id,
-            "status": status,
-            "serviceCategory": [coding(GPAD_CATEGORY_SYSTEM, r.category.code())],
-            "appointmentType": coding(GPAD_MODE_SYSTEM, r.mode.code()),
-            "start": instant(r.start),
-            "end": instant(end),
-            "minutesDuration": r.duration,
-            "created": r.booked_at.map(instant),
-            "slot": [{"reference": format!("Slot/{slot_id}")}],
-            "participant": [
-                {"actor": {"reference": format!("Patient/{patient_id}")}, "status": "accepted"},
-                {"type": [coding(GPAD_HCP_SYSTEM, r.hcp.code())], "status": "accepted"},
-            ],
-        });
-        if let Some(at) = r.cancelled_at {
-            let reason = if r.status == GpStatus::CancelledByPatient {
-                "pat"
-            } else {
-                "prov"
-            };
-            appointment["cancelationReason"] = coding(
-                "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason",
-                reason,
-            );
-            appointment["extension"] = json!([{"url": "https://pathflow.dev/fhir/StructureDefinition/cancelled-at", "valueDateTime": instant(at)}]);
-        }
-        add(appointment);
+        let reason = if r.status == GpStatus::CancelledByPatient {
+            "pat"
+        } else {
+            "prov"
+        };
+        entries.add(
+            "Appointment",
+            &appointment_id,
+            AppointmentResource {
+                resource_type: "Appointment",
+                id: &appointment_id,
+                status,
+                service_category: [concept(GPAD_CATEGORY_SYSTEM, r.category.code())],
+                appointment_type: concept(GPAD_MODE_SYSTEM, r.mode.code()),
+                start: &start,
+                end: &end,
+                minutes_duration: r.duration,
+                created: r.booked_at.map(instant),
+                slot: [Reference {
+                    reference: format!("Slot/{slot_id}"),
+                }],
+                participant: [
+                    Participant {
+                        actor: Some(Reference {
+                            reference: format!("Patient/{patient_id}"),
+                        }),
+                        kind: None,
+                        status: "accepted",
+                    },
+                    Participant {
+                        actor: None,
+                        kind: Some([concept(GPAD_HCP_SYSTEM, r.hcp.code())]),
+                        status: "accepted",
+                    },
+                ],
+                cancelation_reason: r.cancelled_at.map(|_| {
+                    concept(
+                        "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason",
+                        reason,
+                    )
+                }),
+                extension: r.cancelled_at.map(|at| {
+                    [Extension {
+                        url: "https://pathflow.dev/fhir/StructureDefinition/cancelled-at",
+                        value_date_time: instant(at),
+                    }]
+                }),
+            },
+        )?;
         if r.status == GpStatus::Attended {
-            add(json!({
-                "resourceType": "Encounter",
-                "id": local_id(&encounter_prefix, r.seq),
-                "status": "finished",
-                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                "subject": {"reference": format!("Patient/{patient_id}")},
-                "appointment": [{"reference": format!("Appointment/{appointment_id}")}],
-                "period": {"start": instant(r.start), "end": instant(end)},
-            }));
+            let encounter_id = local_id(&encounter_prefix, r.seq);
+            entries.add(
+                "Encounter",
+                &encounter_id,
+                EncounterResource {
+                    resource_type: "Encounter",
+                    id: &encounter_id,
+                    status: "finished",
+                    class: ActCode {
+                        system: "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                        code: "AMB",
+                    },
+                    subject: Reference {
+                        reference: format!("Patient/{patient_id}"),
+                    },
+                    appointment: [Reference {
+                        reference: format!("Appointment/{appointment_id}"),
+                    }],
+                    period: Period {
+                        start: &start,
+                        end: &end,
+                    },
+                },
+            )?;
         }
     }
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": format!("{}-{}", p.code, week),
-        "type": "collection",
-        "timestamp": instant((week.sunday() + Duration::days(1)).and_hms_opt(2, 0, 0).unwrap_or_default()),
-        "meta": {"source": format!("urn:ods:{}", p.code)},
-        "entry": entries,
-    });
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut out = io::BufWriter::new(std::fs::File::create(path)?);
-    serde_json::to_writer(&mut out, &bundle)?;
-    out.write_all(b"\n")?;
+    let mut out = entries.out;
+    out.write_all(b"]}\n")?;
     out.flush()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_carry_the_uk_offset() {
+        let t = |m, d| {
+            NaiveDate::from_ymd_opt(2025, m, d)
+                .unwrap()
+                .and_hms_opt(9, 5, 7)
+                .unwrap()
+        };
+        assert_eq!(instant(t(1, 6)), "2025-01-06T09:05:07+00:00");
+        assert_eq!(instant(t(7, 1)), "2025-07-01T09:05:07+01:00");
+    }
 
     #[test]
     fn british_summer_time_boundaries() {
