@@ -173,6 +173,15 @@ impl CsvFile {
         self.end_field(start)
     }
 
+    /// Appends the patient columns every source file carries:
+    /// `nhs_number, date_of_birth, sex, postcode`.
+    pub fn patient(&mut self, p: &crate::population::PatientRecord) -> &mut Self {
+        self.text(&p.nhs_number.expose_digits())
+            .date(p.date_of_birth)
+            .text(p.sex.label())
+            .text(&p.postcode)
+    }
+
     /// Appends an integer field.
     pub fn int(&mut self, value: i64) -> &mut Self {
         let start = self.begin_field();

@@ -362,11 +362,7 @@ impl GpWriter {
                 .text(r.category.code());
             match r.patient {
                 Some(i) => {
-                    let pr = icb.patient(i);
-                    f.text(&pr.nhs_number.expose_digits())
-                        .date(pr.date_of_birth)
-                        .text(pr.sex.label())
-                        .text(&pr.postcode);
+                    f.patient(&icb.patient(i));
                 }
                 None => {
                     f.opt_text(None)

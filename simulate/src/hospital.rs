@@ -280,6 +280,16 @@ const ADVICE_HEADER: [&str; 13] = [
     "clinical_question",
 ];
 
+/// The clinic a slot or appointment belongs to, e.g. `R9A-110-NEW`.
+fn clinic_code(provider: &str, tf: &str, contact: ContactType) -> String {
+    let kind = if contact == ContactType::First {
+        "NEW"
+    } else {
+        "FU"
+    };
+    format!("{provider}-{tf}-{kind}")
+}
+
 /// A 12-digit UBRN-like booking reference for sequence number `seq` (unique per run).
 fn ubrn(seed: u64, seq: u64) -> String {
     const SPACE: u128 = 1_000_000_000_000;
@@ -657,10 +667,7 @@ impl<'a> Hospital<'a> {
         let pr = icb.patient(patient);
         let f = &mut self.advice_file;
         f.text(&ubrn(self.cfg.seed, seq))
-            .text(&pr.nhs_number.expose_digits())
-            .date(pr.date_of_birth)
-            .text(pr.sex.label())
-            .text(&pr.postcode)
+            .patient(&pr)
             .text(&icb.practices[practice].code)
             .text(&icb.providers[provider].code)
             .text(self.cfg.specialties[spec].tf.code());
@@ -1017,15 +1024,10 @@ impl<'a> Hospital<'a> {
         f.text(&format!("S{}", s.seq))
             .text(&self.icb.providers[provider].code)
             .text(tf)
-            .text(&format!(
-                "{}-{}-{}",
-                self.icb.providers[provider].code,
+            .text(&clinic_code(
+                &self.icb.providers[provider].code,
                 tf,
-                if s.contact == ContactType::First {
-                    "NEW"
-                } else {
-                    "FU"
-                }
+                s.contact,
             ))
             .datetime(s.start)
             .int(if s.contact == ContactType::First {
@@ -1058,22 +1060,10 @@ impl<'a> Hospital<'a> {
         f.text(&format!("OPA{}", a.seq))
             .text(&ubrn(self.cfg.seed, pw.seq))
             .text(&icb.hospital_number(provider, pw.patient))
-            .text(&pr.nhs_number.expose_digits())
-            .date(pr.date_of_birth)
-            .text(pr.sex.label())
-            .text(&pr.postcode)
+            .patient(&pr)
             .text(&icb.providers[provider].code)
             .text(tf)
-            .text(&format!(
-                "{}-{}-{}",
-                icb.providers[provider].code,
-                tf,
-                if a.contact == ContactType::First {
-                    "NEW"
-                } else {
-                    "FU"
-                }
-            ))
+            .text(&clinic_code(&icb.providers[provider].code, tf, a.contact))
             .text(&format!("S{}", a.slot))
             .text(a.contact.code())
             .opt_text(a.followup.map(|fu| format!("FU{fu}")).as_deref())
@@ -1110,10 +1100,7 @@ impl<'a> Hospital<'a> {
         f.text(&format!("FU{}", fu.seq))
             .text(&ubrn(self.cfg.seed, pw.seq))
             .text(&icb.hospital_number(provider, pw.patient))
-            .text(&pr.nhs_number.expose_digits())
-            .date(pr.date_of_birth)
-            .text(pr.sex.label())
-            .text(&pr.postcode)
+            .patient(&pr)
             .text(&icb.providers[provider].code)
             .text(self.cfg.specialties[pw.spec].tf.code())
             .date(fu.requested)
@@ -1133,10 +1120,7 @@ impl<'a> Hospital<'a> {
         let f = &mut self.referrals[pw.provider];
         f.text(&ubrn(self.cfg.seed, pw.seq))
             .text(&icb.hospital_number(pw.provider, pw.patient))
-            .text(&pr.nhs_number.expose_digits())
-            .date(pr.date_of_birth)
-            .text(pr.sex.label())
-            .text(&pr.postcode)
+            .patient(&pr)
             .text(&icb.practices[pw.practice].code)
             .text(&icb.providers[pw.provider].code)
             .text(self.cfg.specialties[pw.original_spec].tf.code())
