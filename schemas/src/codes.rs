@@ -8,6 +8,18 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// What every code enum offers, so parsers can read any of them generically.
+pub trait Code: Sized + Copy + 'static {
+    /// What the code is called in messages, e.g. "treatment function".
+    const KIND: &'static str;
+    /// Every value.
+    fn all() -> &'static [Self];
+    /// The value for a wire name, NHS code or label.
+    fn parse_text(text: &str) -> Option<Self>;
+    /// The NHS code.
+    fn nhs_code(self) -> &'static str;
+}
+
 /// Defines a code enum: `Variant => ("wire_name", "nhs code", "label")`.
 macro_rules! code_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => ($wire:literal, $code:literal, $label:literal)),+ $(,)? }) => {
@@ -48,6 +60,19 @@ macro_rules! code_enum {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.wire_name())
+            }
+        }
+
+        impl Code for $name {
+            const KIND: &'static str = stringify!($name);
+            fn all() -> &'static [Self] {
+                Self::ALL
+            }
+            fn parse_text(text: &str) -> Option<Self> {
+                Self::from_text(text)
+            }
+            fn nhs_code(self) -> &'static str {
+                self.code()
             }
         }
     };

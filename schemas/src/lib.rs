@@ -10,6 +10,7 @@
 //!   at a connector but never printed or serialised.
 //! - [`patient`]: the only patient attributes an event may carry.
 //! - [`week`]: ISO weeks, the grain of the gold tables.
+//! - [`uk_time`]: UK local time (as source systems write it) to UTC.
 //! - [`bronze`]: the Arrow schema of the bronze `events` table.
 //! - [`json_schema`]: JSON Schema files generated from these types (checked
 //!   in under `schemas/json/`).
@@ -23,6 +24,7 @@ pub mod json_schema;
 pub mod nhs_number;
 pub mod patient;
 pub mod sample;
+pub mod uk_time;
 pub mod week;
 
 pub use event::{DEAD_LETTER_TOPIC, Envelope, Event, EventType, Family, Payload, SCHEMA_VERSION};

@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Timelike};
+use chrono::{Duration, NaiveDateTime, Timelike};
 use pathflow_schemas::Week;
 use pathflow_schemas::codes::Sex;
 use serde::Serialize;
@@ -25,21 +25,6 @@ pub const GPAD_HCP_SYSTEM: &str = "https://pathflow.dev/fhir/CodeSystem/gpad-hcp
 pub const GPAD_CATEGORY_SYSTEM: &str =
     "https://pathflow.dev/fhir/CodeSystem/gpad-national-category";
 
-/// The UK civil time offset on `date`: BST from the last Sunday of March to
-/// the last Sunday of October (the hour of the change itself is not modelled).
-pub fn uk_offset(date: NaiveDate) -> &'static str {
-    let last_sunday = |month: u32| {
-        let last = NaiveDate::from_ymd_opt(date.year(), month + 1, 1).expect("valid month")
-            - Duration::days(1);
-        last - Duration::days(i64::from(last.weekday().num_days_from_sunday()))
-    };
-    if date >= last_sunday(3) && date < last_sunday(10) {
-        "+01:00"
-    } else {
-        "+00:00"
-    }
-}
-
 /// An instant with its UK offset, e.g. `2025-04-07T09:10:00+01:00`.
 fn instant(t: NaiveDateTime) -> String {
     let mut buf = Vec::with_capacity(25);
@@ -50,7 +35,7 @@ fn instant(t: NaiveDateTime) -> String {
         buf.push(b'0' + (n / 10) as u8);
         buf.push(b'0' + (n % 10) as u8);
     }
-    buf.extend_from_slice(uk_offset(t.date()).as_bytes());
+    buf.extend_from_slice(pathflow_schemas::uk_time::offset_text(t).as_bytes());
     String::from_utf8(buf).unwrap_or_default()
 }
 
@@ -390,6 +375,7 @@ pub fn write_gp_bundle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::NaiveDate;
 
     #[test]
     fn instants_carry_the_uk_offset() {
@@ -401,14 +387,5 @@ mod tests {
         };
         assert_eq!(instant(t(1, 6)), "2025-01-06T09:05:07+00:00");
         assert_eq!(instant(t(7, 1)), "2025-07-01T09:05:07+01:00");
-    }
-
-    #[test]
-    fn british_summer_time_boundaries() {
-        let d = |y, m, day| NaiveDate::from_ymd_opt(y, m, day).unwrap();
-        assert_eq!(uk_offset(d(2025, 3, 29)), "+00:00");
-        assert_eq!(uk_offset(d(2025, 3, 30)), "+01:00");
-        assert_eq!(uk_offset(d(2025, 10, 25)), "+01:00");
-        assert_eq!(uk_offset(d(2025, 10, 26)), "+00:00");
     }
 }
