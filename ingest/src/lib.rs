@@ -1,14 +1,26 @@
 //! pathflow ingest: the connectors that run next to GP and hospital systems.
 //!
-//! Every connector has one shape (a documented config → `build` → a running
-//! task) and one pipeline: parse → validate → pseudonymise → drop National
+//! Every record goes one way: parse → validate → pseudonymise → drop National
 //! Data Opt-outs → produce to Kafka, or to the dead-letter topic with the
 //! file, line, field and reason. Nothing identifiable leaves this crate: the
 //! event types of `pathflow-schemas` cannot hold a raw identifier.
 //!
-//! The connectors themselves arrive with the ingest issue; the crate exists
-//! now so the workspace layout and the dependency set (rdkafka, prometheus,
-//! tokio) are fixed and built by CI from the start.
+//! - [`pseudonymise`]: the keyed pseudonymiser (HMAC-SHA256 under a key read
+//!   from a file or the environment; never a default key) and event ids.
+//! - [`reference`]: the National Data Opt-out list and the postcode →
+//!   deprivation decile lookup.
+//! - [`record`]: typed access to a source record, and rejections that name
+//!   file, line, field, problem and rule without repeating the value.
+//! - [`sources`]: one module per source format, each turning a record into events.
+//!
+//! Still to come with the ingest issue: the remaining formats (GP CSV, the
+//! other PAS extracts, A&G, NDJSON, FHIR), the TOML config and file/HTTP
+//! connectors, the Kafka producer with checkpoints, quarantine and metrics.
+
+pub mod pseudonymise;
+pub mod record;
+pub mod reference;
+pub mod sources;
 
 /// The topic each event family is produced to unless configured otherwise.
 pub fn default_topics() -> Vec<String> {

@@ -506,6 +506,17 @@ impl<'a> Hospital<'a> {
         day.and_time(NaiveTime::MIN) + Duration::minutes(self.rng.range(8 * 60, 18 * 60 - 1))
     }
 
+    /// A patient of `practice` already born on `day`: the population is aged at
+    /// the period start, and hospital history reaches back before it.
+    fn patient_born_by(&mut self, practice: usize, day: NaiveDate) -> u32 {
+        loop {
+            let index = self.icb.draw_patient(practice, &mut self.rng, true);
+            if self.icb.patient(index).date_of_birth <= day {
+                return index;
+            }
+        }
+    }
+
     /// Creates a referral; `backlog` ones are triaged and waiting already.
     fn new_referral(
         &mut self,
@@ -543,7 +554,7 @@ impl<'a> Hospital<'a> {
         let triage = received + Duration::days(self.rng.range(1, 5));
         let patient = match from {
             Some(c) => c.patient,
-            None => self.icb.draw_patient(practice, &mut self.rng, true),
+            None => self.patient_born_by(practice, received),
         };
         let reason = REASONS[self.rng.below(REASONS.len())];
         let pathway = Pathway {
@@ -630,8 +641,8 @@ impl<'a> Hospital<'a> {
         let practice = self.icb.draw_practice(&mut self.rng);
         let provider = self.provider_of(practice);
         let spec = self.rng.weighted(&self.spec_weights);
-        let patient = self.icb.draw_patient(practice, &mut self.rng, true);
         let day = self.day_in_week(monday);
+        let patient = self.patient_born_by(practice, day);
         let requested = self.time_on(day);
         let response_days = self.rng.range(1, 7);
         let responded = self.time_on(day + Duration::days(response_days));
