@@ -12,11 +12,13 @@
 //! - [`record`]: typed access to a source record, and rejections that name
 //!   file, line, field, problem and rule without repeating the value.
 //! - [`sources`]: one module per source format, each turning a record into events.
+//! - [`kafka`]: topic creation and the idempotent producer of events and dead letters.
 //!
 //! Still to come with the ingest issue: the remaining formats (GP CSV, the
 //! other PAS extracts, A&G, NDJSON, FHIR), the TOML config and file/HTTP
-//! connectors, the Kafka producer with checkpoints, quarantine and metrics.
+//! connectors, per-file checkpoints, quarantine and metrics.
 
+pub mod kafka;
 pub mod pseudonymise;
 pub mod record;
 pub mod reference;

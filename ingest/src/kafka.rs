@@ -1,0 +1,309 @@
+//! Kafka: topics and the producer. Events go as JSON to their family's topic,
+//! keyed by the entity they belong to (so one pathway's events stay in
+//! order); rejections go to the dead-letter topic. The producer is
+//! idempotent (`enable.idempotence`, `acks=all`) and never gives up on a
+//! message (`message.timeout.ms=0`): while the broker is down librdkafka
+//! keeps retrying, and when its bounded queue is full, sending waits rather
+//! than dropping or growing memory.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use pathflow_schemas::{DEAD_LETTER_TOPIC, Event, EventId, Family};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use serde::Deserialize;
+
+use crate::record::Rejection;
+use crate::sources::Outcome;
+
+/// Where and how to produce.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Prefix of the topic names: `<prefix>.referral`, … and `<prefix>.dead_letter`.
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    /// Partitions of topics created at start-up (existing topics are left alone).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of topics created at start-up.
+    #[serde(default = "default_replication")]
+    pub replication: i32,
+    /// Messages the producer may hold in memory before sending waits.
+    #[serde(default = "default_queue")]
+    pub max_queued_messages: u32,
+}
+
+fn default_prefix() -> String {
+    "pathflow".to_string()
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication() -> i32 {
+    3
+}
+fn default_queue() -> u32 {
+    100_000
+}
+
+impl KafkaConfig {
+    /// A config for `brokers` with every default.
+    pub fn new(brokers: &str) -> Self {
+        KafkaConfig {
+            brokers: brokers.to_string(),
+            topic_prefix: default_prefix(),
+            partitions: default_partitions(),
+            replication: default_replication(),
+            max_queued_messages: default_queue(),
+        }
+    }
+
+    /// The topic of `family`.
+    pub fn topic(&self, family: Family) -> String {
+        format!("{}.{}", self.topic_prefix, family.name())
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        let default_suffix = DEAD_LETTER_TOPIC.trim_start_matches("pathflow.");
+        format!("{}.{default_suffix}", self.topic_prefix)
+    }
+
+    /// Every topic the connectors write.
+    pub fn topics(&self) -> Vec<String> {
+        let mut all: Vec<String> = Family::ALL.iter().map(|f| self.topic(*f)).collect();
+        all.push(self.dead_letter_topic());
+        all
+    }
+}
+
+/// Producing failed in a way retrying will not mend.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The client could not be created (bad configuration).
+    #[error(
+        "cannot create a Kafka client for {brokers}: {source}; check `kafka.brokers` (host:port)"
+    )]
+    Client {
+        /// The configured brokers.
+        brokers: String,
+        /// Why.
+        source: KafkaError,
+    },
+    /// A topic could not be created.
+    #[error(
+        "cannot create topic {topic}: {code}; create it by hand or give the connector's user the right to"
+    )]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
+    /// The admin request failed as a whole.
+    #[error("cannot reach the brokers at {brokers} to create topics: {source}")]
+    Admin {
+        /// The configured brokers.
+        brokers: String,
+        /// Why.
+        source: KafkaError,
+    },
+    /// The broker refused a message for good.
+    #[error("the broker refused a message on {topic}: {source}")]
+    Delivery {
+        /// The topic.
+        topic: String,
+        /// Why.
+        source: KafkaError,
+    },
+}
+
+/// Creates the topics that do not exist yet (tansu and many clusters do not auto-create).
+pub async fn ensure_topics(cfg: &KafkaConfig) -> Result<(), ProduceError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()
+        .map_err(|source| ProduceError::Client {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
+    let names = cfg.topics();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|t| NewTopic::new(t, cfg.partitions, TopicReplication::Fixed(cfg.replication)))
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(|source| ProduceError::Admin {
+            brokers: cfg.brokers.clone(),
+            source,
+        })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(ProduceError::Topic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// What a batch of records produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records that became events.
+    pub accepted: u64,
+    /// Records rejected to the dead-letter topic.
+    pub rejected: u64,
+    /// Records dropped because the patient opted out.
+    pub opted_out: u64,
+    /// Events delivered.
+    pub events: u64,
+    /// Events skipped because an identical event (same id) was already sent in this batch.
+    pub duplicates: u64,
+}
+
+/// The idempotent producer of events and dead letters.
+pub struct EventProducer {
+    producer: FutureProducer,
+    cfg: KafkaConfig,
+}
+
+/// Deliveries awaited at once: enough to keep the producer busy, few enough to bound memory.
+const IN_FLIGHT: usize = 20_000;
+
+impl EventProducer {
+    /// A producer for `cfg`.
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, ProduceError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Never expire a message: an outage delays delivery, it does not lose records.
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "5")
+            .set(
+                "queue.buffering.max.messages",
+                cfg.max_queued_messages.to_string(),
+            )
+            .create()
+            .map_err(|source| ProduceError::Client {
+                brokers: cfg.brokers.clone(),
+                source,
+            })?;
+        Ok(EventProducer {
+            producer,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Enqueues one message, waiting while the producer's queue is full.
+    async fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<DeliveryFuture, ProduceError> {
+        loop {
+            match self
+                .producer
+                .send_result(FutureRecord::to(topic).key(key).payload(payload))
+            {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((source, _)) => {
+                    return Err(ProduceError::Delivery {
+                        topic: topic.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Produces the events and dead letters of a batch of outcomes and waits
+    /// until the broker has acknowledged every one of them.
+    pub async fn produce(
+        &self,
+        outcomes: &[(crate::record::Location, Outcome)],
+    ) -> Result<Counts, ProduceError> {
+        let mut counts = Counts::default();
+        let mut sent: HashSet<&EventId> = HashSet::new();
+        let mut in_flight: VecDeque<(String, DeliveryFuture)> = VecDeque::new();
+        let dead_letters = self.cfg.dead_letter_topic();
+        for (_, outcome) in outcomes {
+            match outcome {
+                Outcome::OptedOut => counts.opted_out += 1,
+                Outcome::Rejected(r) => {
+                    counts.rejected += 1;
+                    let key = format!("{}:{}", r.location.file, r.location.line);
+                    let delivery = self
+                        .enqueue(&dead_letters, &key, &dead_letter_json(r))
+                        .await?;
+                    in_flight.push_back((dead_letters.clone(), delivery));
+                }
+                Outcome::Events(events) => {
+                    counts.accepted += 1;
+                    for event in events {
+                        // A duplicated source row repeats its events' ids: send them once.
+                        if !sent.insert(&event.envelope.event_id) {
+                            counts.duplicates += 1;
+                            continue;
+                        }
+                        let topic = self.cfg.topic(event.family());
+                        let delivery = self
+                            .enqueue(&topic, event.payload.key().as_str(), &event_json(event))
+                            .await?;
+                        in_flight.push_back((topic, delivery));
+                        counts.events += 1;
+                    }
+                }
+            }
+            while in_flight.len() > IN_FLIGHT {
+                if let Some((topic, delivery)) = in_flight.pop_front() {
+                    settle(topic, delivery).await?;
+                }
+            }
+        }
+        for (topic, delivery) in in_flight {
+            settle(topic, delivery).await?;
+        }
+        Ok(counts)
+    }
+}
+
+async fn settle(topic: String, delivery: DeliveryFuture) -> Result<(), ProduceError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((source, _))) => Err(ProduceError::Delivery { topic, source }),
+        Err(_) => Err(ProduceError::Delivery {
+            topic,
+            source: KafkaError::Canceled,
+        }),
+    }
+}
+
+// Serialising these types cannot fail (plain structs, string keys), so an
+// empty payload below is unreachable rather than a silent loss.
+
+/// An event as it goes on the wire.
+pub fn event_json(event: &Event) -> Vec<u8> {
+    serde_json::to_vec(event).unwrap_or_default()
+}
+
+/// A rejection as it goes on the dead-letter topic.
+pub fn dead_letter_json(rejection: &Rejection) -> Vec<u8> {
+    serde_json::to_vec(rejection).unwrap_or_default()
+}
