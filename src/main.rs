@@ -21,6 +21,12 @@ struct Cli {
 enum Command {
     /// Write source-side files (GP, PAS, e-RS, FHIR) for a fictional ICB, with synthetic identifiers.
     Simulate(SimulateArgs),
+    /// Read the source files a config names, once, into Kafka (pseudonymised; bad records to the dead-letter topic).
+    Ingest {
+        /// The TOML config (see deploy/ingest.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Write the JSON Schema of every event type into a directory.
     Schemas {
         /// Directory to write `*.schema.json` into (stale ones are removed).
@@ -80,10 +86,38 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn ingest(config: PathBuf) -> anyhow::Result<()> {
+    let cfg = pathflow_ingest::config::IngestConfig::load(&config)?;
+    let ingest = pathflow_ingest::file_connector::Ingest::build(cfg)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let reports = runtime.block_on(ingest.run_once())?;
+    for r in reports {
+        match r.counts {
+            None => eprintln!(
+                "ingest: {} {}: already sent (checkpoint), skipped",
+                r.source,
+                r.file.display()
+            ),
+            Some(c) => eprintln!(
+                "ingest: {} {}: {} records read, {} accepted ({} events), {} rejected to dead letters, {} opted out",
+                r.source,
+                r.file.display(),
+                c.accepted + c.rejected + c.opted_out,
+                c.accepted,
+                c.events,
+                c.rejected,
+                c.opted_out
+            ),
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Simulate(args) => simulate(args),
+        Command::Ingest { config } => ingest(config),
         Command::Schemas { out } => pathflow_schemas::json_schema::write_schema_files(&out)
             .with_context(|| format!("writing JSON Schemas to {}", out.display()))
             .map(|n| eprintln!("wrote {n} schema files to {}", out.display())),

@@ -12,12 +12,16 @@
 //! - [`record`]: typed access to a source record, and rejections that name
 //!   file, line, field, problem and rule without repeating the value.
 //! - [`sources`]: one module per source format, each turning a record into events.
+//! - [`config`]: the TOML configuration, checked at start-up.
+//! - [`file_connector`]: reads configured files once, with checkpoints and quarantine.
 //! - [`kafka`]: topic creation and the idempotent producer of events and dead letters.
 //!
 //! Still to come with the ingest issue: the remaining formats (GP CSV, the
-//! other PAS extracts, A&G, NDJSON, FHIR), the TOML config and file/HTTP
-//! connectors, per-file checkpoints, quarantine and metrics.
+//! other PAS extracts, A&G, NDJSON, FHIR), directory watching, the HTTP push
+//! connector, metrics, and a record-level checkpoint within a file.
 
+pub mod config;
+pub mod file_connector;
 pub mod kafka;
 pub mod pseudonymise;
 pub mod record;

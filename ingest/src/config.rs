@@ -1,0 +1,219 @@
+//! The ingest configuration: one TOML file (every key documented in
+//! `deploy/ingest.example.toml`). [`IngestConfig::load`] reads and checks it,
+//! so a mistake is reported at start-up naming the key and the expected form,
+//! before anything is read or produced.
+
+use std::path::{Path, PathBuf};
+
+use pathflow_schemas::{KeyId, SourceName};
+use serde::Deserialize;
+
+use crate::kafka::KafkaConfig;
+use crate::pseudonymise::KeySource;
+
+/// The whole ingest configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Where connectors keep checkpoints and quarantined records (inside the source's boundary).
+    pub state_dir: PathBuf,
+    /// Brokers and topics.
+    pub kafka: KafkaConfig,
+    /// The pseudonymisation key.
+    pub pseudonymisation: PseudonymisationConfig,
+    /// Reference files the connectors need.
+    pub reference: ReferenceConfig,
+    /// The connectors to run.
+    #[serde(default, rename = "connector")]
+    pub connectors: Vec<ConnectorConfig>,
+}
+
+/// Where the key comes from and what it is called.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PseudonymisationConfig {
+    /// `{ file = "…" }` or `{ env = "…" }`; there is no default key.
+    pub key: KeySource,
+    /// A name for the key, recorded on every event so keys can be rotated.
+    pub key_id: KeyId,
+}
+
+/// Reference files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceConfig {
+    /// The National Data Opt-out list (CSV, header `nhs_number`).
+    pub opt_out: PathBuf,
+    /// Postcode → IMD decile (CSV, header `postcode,imd_decile`).
+    pub postcode_deprivation: PathBuf,
+}
+
+/// One connector: a source of records in one format.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Source name on every event, e.g. `pas:rx1:referrals`.
+    pub name: SourceName,
+    /// The record format.
+    pub format: Format,
+    /// A file, or a directory whose files (sorted by name) are read.
+    pub path: PathBuf,
+}
+
+/// The source formats a file connector reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// The PAS referral (RTT pathway) extract.
+    PasReferrals,
+}
+
+/// A configuration that cannot be used; the message names the key and what to write.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has a wrong key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser says, with line and column.
+        message: String,
+    },
+    /// A value has the wrong form.
+    #[error("{path}: `{key}` {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong and what to write instead.
+        problem: String,
+    },
+}
+
+impl IngestConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks TOML `text` (`path` is only used in messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: IngestConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |key: String, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            problem,
+        };
+        if cfg.kafka.partitions < 1 || cfg.kafka.replication < 1 {
+            return Err(invalid(
+                "kafka.partitions / kafka.replication".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if cfg.connectors.is_empty() {
+            return Err(invalid(
+                "connector".into(),
+                "is missing: add at least one [[connector]] table with name, format and path"
+                    .into(),
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+state_dir = "/var/lib/pathflow"
+[kafka]
+brokers = "localhost:9092"
+[pseudonymisation]
+key = { env = "PATHFLOW_PSEUDO_KEY" }
+key_id = "k2025a"
+[reference]
+opt_out = "ref/opt_out.csv"
+postcode_deprivation = "ref/postcodes.csv"
+[[connector]]
+name = "pas:rx1:referrals"
+format = "pas_referrals"
+path = "/data/pas/referrals.csv"
+"#;
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let cfg = IngestConfig::parse(GOOD, Path::new("ingest.toml")).unwrap();
+        assert_eq!(cfg.kafka.topic_prefix, "pathflow");
+        assert_eq!(cfg.connectors[0].format, Format::PasReferrals);
+        assert_eq!(cfg.pseudonymisation.key_id.as_str(), "k2025a");
+    }
+
+    #[test]
+    fn mistakes_name_the_key_and_the_expected_form() {
+        let cases = [
+            (
+                GOOD.replace("format = \"pas_referrals\"", "format = \"pas_referalls\""),
+                "pas_referalls",
+            ),
+            (
+                GOOD.replace("key_id = \"k2025a\"", "key_id = \"K 1\""),
+                "a key id must be",
+            ),
+            (
+                GOOD.replace("name = \"pas:rx1:referrals\"", "name = \"Pas RX1\""),
+                "a source name must be",
+            ),
+            (GOOD.replace("brokers", "broker"), "broker"),
+            (
+                GOOD.replace(
+                    "key = { env = \"PATHFLOW_PSEUDO_KEY\" }",
+                    "key = \"secret\"",
+                ),
+                "key",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = IngestConfig::parse(&text, Path::new("ingest.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(expected) && e.starts_with("ingest.toml"),
+                "expected {expected:?} in: {e}"
+            );
+        }
+        let no_connector = GOOD.split("[[connector]]").next().unwrap();
+        let e = IngestConfig::parse(no_connector, Path::new("ingest.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("add at least one [[connector]]"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example {
+    /// The documented example under deploy/ must always load.
+    #[test]
+    fn the_example_config_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ingest.example.toml");
+        let cfg = super::IngestConfig::load(&path).unwrap();
+        assert_eq!(cfg.connectors.len(), 1);
+    }
+}
