@@ -66,6 +66,12 @@ pub struct ConnectorConfig {
 pub enum Format {
     /// The PAS referral (RTT pathway) extract.
     PasReferrals,
+    /// The PAS outpatient appointment extract.
+    PasOutpatientAppointments,
+    /// The PAS clinic slot (capacity) extract.
+    PasClinicSlots,
+    /// The PAS follow-up extract.
+    PasFollowups,
 }
 
 /// A configuration that cannot be used; the message names the key and what to write.

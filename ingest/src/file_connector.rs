@@ -25,6 +25,7 @@ use crate::kafka::{Counts, EventProducer, ProduceError, ensure_topics};
 use crate::pseudonymise::{KeyError, Pseudonymiser};
 use crate::record::Location;
 use crate::reference::{DeprivationLookup, OptOutList, ReferenceError};
+use crate::sources::pas_outpatients::{PasAppointments, PasClinicSlots, PasFollowups};
 use crate::sources::{Context, Outcome, pas_referrals::PasReferrals, read_csv};
 
 /// Why ingest could not start or continue.
@@ -142,6 +143,11 @@ impl Ingest {
             .unwrap_or_default();
         let outcomes = match connector.format {
             Format::PasReferrals => read_csv::<PasReferrals, _>(bytes.as_slice(), &name, &cx),
+            Format::PasOutpatientAppointments => {
+                read_csv::<PasAppointments, _>(bytes.as_slice(), &name, &cx)
+            }
+            Format::PasClinicSlots => read_csv::<PasClinicSlots, _>(bytes.as_slice(), &name, &cx),
+            Format::PasFollowups => read_csv::<PasFollowups, _>(bytes.as_slice(), &name, &cx),
         };
         let counts = self.producer.produce(&outcomes).await?;
         self.quarantine(connector, &name, &bytes, &outcomes)?;

@@ -7,7 +7,7 @@
 //!
 //! - [`pseudonymise`]: the keyed pseudonymiser (HMAC-SHA256 under a key read
 //!   from a file or the environment; never a default key) and event ids.
-//! - [`reference`]: the National Data Opt-out list and the postcode →
+//! - [`reference`](mod@reference): the National Data Opt-out list and the postcode →
 //!   deprivation decile lookup.
 //! - [`record`]: typed access to a source record, and rejections that name
 //!   file, line, field, problem and rule without repeating the value.

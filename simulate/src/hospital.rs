@@ -883,10 +883,12 @@ impl<'a> Hospital<'a> {
                     let start = day.and_time(NaiveTime::MIN)
                         + Duration::minutes(9 * 60 + i64::from(i / 5 * minutes) % (8 * 60));
                     let seq = self.seq();
+                    // Withdrawn in the week or so before the clinic: always after this
+                    // week's bookings, so a patient is never booked into a withdrawn slot.
                     let withdrawn = self
                         .rng
                         .chance(SLOT_WITHDRAWN)
-                        .then(|| day - Duration::days(self.rng.range(1, 13)));
+                        .then(|| day - Duration::days(self.rng.range(1, 6)));
                     slots.push(Slot {
                         seq,
                         contact,

@@ -4,7 +4,9 @@
 //! formats share (the patient's attributes, envelopes, event ids) is here.
 //!
 //! - [`pas_referrals`]: the PAS referral (RTT pathway) extract.
+//! - [`pas_outpatients`]: the PAS outpatient appointment, clinic slot and follow-up extracts.
 
+pub mod pas_outpatients;
 pub mod pas_referrals;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -51,6 +53,13 @@ pub struct Orgs {
 }
 
 impl Context<'_> {
+    /// True when the record's patient is on the National Data Opt-out list.
+    /// Formats ask this first, so an opted-out patient's record is dropped even
+    /// when something else in it is wrong (rather than quarantined with their identifiers).
+    pub fn opted_out(&self, row: &Row<'_>) -> Result<bool, FieldError> {
+        Ok(self.opt_out.contains(&row.nhs_number("nhs_number")?))
+    }
+
     /// The patient attributes of a record, or `None` when they opted out.
     /// Reads `nhs_number`, `date_of_birth`, `sex` and `postcode`; the age band is
     /// taken at `on`, the event date, and the postcode is dropped once its decile is known.

@@ -37,6 +37,9 @@ impl CsvFormat for PasReferrals {
     ];
 
     fn map(row: &Row<'_>, cx: &Context<'_>) -> Result<Mapped, FieldError> {
+        if cx.opted_out(row)? {
+            return Ok(Mapped::OptedOut);
+        }
         let ubrn = row.digits("ubrn", 12)?;
         let received = row.date("received_date")?;
         let Some(patient) = cx.patient(row, received)? else {
