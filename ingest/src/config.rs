@@ -72,6 +72,10 @@ pub enum Format {
     PasClinicSlots,
     /// The PAS follow-up extract.
     PasFollowups,
+    /// The GP appointment book (CSV).
+    GpAppointments,
+    /// The e-RS Advice & Guidance extract.
+    AdviceAndGuidance,
 }
 
 /// A configuration that cannot be used; the message names the key and what to write.

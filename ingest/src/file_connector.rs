@@ -25,6 +25,8 @@ use crate::kafka::{Counts, EventProducer, ProduceError, ensure_topics};
 use crate::pseudonymise::{KeyError, Pseudonymiser};
 use crate::record::Location;
 use crate::reference::{DeprivationLookup, OptOutList, ReferenceError};
+use crate::sources::advice::AdviceAndGuidance;
+use crate::sources::gp_appointments::GpAppointments;
 use crate::sources::pas_outpatients::{PasAppointments, PasClinicSlots, PasFollowups};
 use crate::sources::{Context, Outcome, pas_referrals::PasReferrals, read_csv};
 
@@ -148,6 +150,10 @@ impl Ingest {
             }
             Format::PasClinicSlots => read_csv::<PasClinicSlots, _>(bytes.as_slice(), &name, &cx),
             Format::PasFollowups => read_csv::<PasFollowups, _>(bytes.as_slice(), &name, &cx),
+            Format::GpAppointments => read_csv::<GpAppointments, _>(bytes.as_slice(), &name, &cx),
+            Format::AdviceAndGuidance => {
+                read_csv::<AdviceAndGuidance, _>(bytes.as_slice(), &name, &cx)
+            }
         };
         let counts = self.producer.produce(&outcomes).await?;
         self.quarantine(connector, &name, &bytes, &outcomes)?;

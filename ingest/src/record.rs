@@ -220,6 +220,45 @@ impl<'a> Row<'a> {
         }
     }
 
+    /// A slot length in whole minutes, more than none and at most a day.
+    pub fn minutes(&self, field: &str) -> Result<u16, FieldError> {
+        self.required(field)?
+            .parse::<u16>()
+            .ok()
+            .filter(|m| (1..=24 * 60).contains(m))
+            .ok_or_else(|| {
+                FieldError::new(
+                    field,
+                    "is not a whole number of minutes from 1 to 1440",
+                    "a whole number of minutes from 1 to 1440",
+                )
+            })
+    }
+
+    /// A `Y`/`N` flag (either case).
+    pub fn yes_no(&self, field: &str) -> Result<bool, FieldError> {
+        self.one_of(field, &[("Y", true), ("N", false)])
+            .map_err(|_| FieldError::new(field, "is neither Y nor N", "Y or N"))
+    }
+
+    /// A required field that must be one of `known`'s words (any case), such
+    /// as a source system's status. Like codes, the value is never quoted.
+    pub fn one_of<T: Copy>(&self, field: &str, known: &[(&str, T)]) -> Result<T, FieldError> {
+        let value = self.required(field)?;
+        known
+            .iter()
+            .find(|(word, _)| word.eq_ignore_ascii_case(value))
+            .map(|&(_, v)| v)
+            .ok_or_else(|| {
+                let words: Vec<&str> = known.iter().map(|&(w, _)| w).collect();
+                FieldError::new(
+                    field,
+                    "is not a known status",
+                    format!("one of {}", words.join(", ")),
+                )
+            })
+    }
+
     /// A required date `YYYY-MM-DD`.
     pub fn date(&self, field: &str) -> Result<NaiveDate, FieldError> {
         self.optional_date(field)?
@@ -265,12 +304,12 @@ impl<'a> Row<'a> {
     }
 }
 
-/// Checks that `later` (when present) is not before `earlier`.
-pub fn not_before(
+/// Checks that `later` (when present) is not before `earlier` (dates or date-times).
+pub fn not_before<T: PartialOrd>(
     later_field: &str,
-    later: Option<NaiveDate>,
+    later: Option<T>,
     earlier_field: &str,
-    earlier: NaiveDate,
+    earlier: T,
 ) -> Result<(), FieldError> {
     match later {
         Some(l) if l < earlier => Err(FieldError::new(
@@ -280,6 +319,23 @@ pub fn not_before(
         )),
         _ => Ok(()),
     }
+}
+
+/// Checks that `earlier` is not after `later`, blaming the earlier field.
+pub fn not_after<T: PartialOrd>(
+    earlier_field: &str,
+    earlier: T,
+    later_field: &str,
+    later: T,
+) -> Result<(), FieldError> {
+    if earlier > later {
+        return Err(FieldError::new(
+            earlier_field,
+            format!("is after {later_field}"),
+            format!("{earlier_field} is on or before {later_field}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

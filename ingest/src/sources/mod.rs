@@ -5,7 +5,11 @@
 //!
 //! - [`pas_referrals`]: the PAS referral (RTT pathway) extract.
 //! - [`pas_outpatients`]: the PAS outpatient appointment, clinic slot and follow-up extracts.
+//! - [`gp_appointments`]: the GP appointment-book extract (slots and appointments).
+//! - [`advice`]: the e-RS Advice & Guidance extract.
 
+pub mod advice;
+pub mod gp_appointments;
 pub mod pas_outpatients;
 pub mod pas_referrals;
 

@@ -24,7 +24,6 @@
 //!   time is; the follow-up extract's `Booked` status adds nothing to it.
 //! - Hospital numbers and clinic codes are read by nobody and dropped.
 
-use chrono::{DateTime, Utc};
 use pathflow_schemas::PseudoId;
 use pathflow_schemas::codes::{
     AppointmentStatus, CancelledBy, ContactType, FollowupCancelReason, SlotWithdrawReason,
@@ -39,7 +38,7 @@ use pathflow_schemas::uk_time::start_of_day_utc;
 
 use super::{Context, CsvFormat, Mapped, Orgs};
 use crate::pseudonymise::IdKind;
-use crate::record::{FieldError, Row, not_before};
+use crate::record::{FieldError, Row, not_after, not_before};
 
 /// The PAS outpatient appointment extract: one row per appointment.
 ///
@@ -235,7 +234,7 @@ impl CsvFormat for PasClinicSlots {
         let provider = row.ods("provider_code")?;
         let tf: TreatmentFunction = row.code("treatment_function_code")?;
         let start = row.local_time("slot_start")?;
-        let duration_minutes = minutes(row, "duration_minutes")?;
+        let duration_minutes = row.minutes("duration_minutes")?;
         let contact: ContactType = row.code("contact_type")?;
         let published = row.date("published_at")?;
         let status = slot_status(row, "status")?;
@@ -325,7 +324,7 @@ impl CsvFormat for PasFollowups {
         let pathway_id = pathway(row, cx)?;
         let followup = row.required("followup_id")?;
         let due_date = row.date("due_date")?;
-        let pifu = yes_no(row, "pifu")?;
+        let pifu = row.yes_no("pifu")?;
         let status = followup_status(row, "status")?;
         let outcome = row.optional_date("outcome_date")?;
         let reason = row.optional_code::<FollowupCancelReason>("cancel_reason")?;
@@ -415,50 +414,6 @@ fn pathway(row: &Row<'_>, cx: &Context<'_>) -> Result<PseudoId, FieldError> {
     Ok(cx.pseudonymiser.pseudonym(IdKind::Pathway, "", ubrn))
 }
 
-/// Checks that date-time `earlier` is not after `later`.
-fn not_after(
-    earlier_field: &str,
-    earlier: DateTime<Utc>,
-    later_field: &str,
-    later: DateTime<Utc>,
-) -> Result<(), FieldError> {
-    if earlier > later {
-        return Err(FieldError::new(
-            earlier_field,
-            format!("is after {later_field}"),
-            format!("{earlier_field} is on or before {later_field}"),
-        ));
-    }
-    Ok(())
-}
-
-/// A slot length in whole minutes, more than none and at most a day.
-fn minutes(row: &Row<'_>, field: &str) -> Result<u16, FieldError> {
-    row.required(field)?
-        .parse::<u16>()
-        .ok()
-        .filter(|m| (1..=24 * 60).contains(m))
-        .ok_or_else(|| {
-            FieldError::new(
-                field,
-                "is not a whole number of minutes from 1 to 1440",
-                "a whole number of minutes from 1 to 1440",
-            )
-        })
-}
-
-/// A `Y`/`N` flag (either case).
-fn yes_no(row: &Row<'_>, field: &str) -> Result<bool, FieldError> {
-    let value = row.required(field)?;
-    if value.eq_ignore_ascii_case("Y") {
-        Ok(true)
-    } else if value.eq_ignore_ascii_case("N") {
-        Ok(false)
-    } else {
-        Err(FieldError::new(field, "is neither Y nor N", "Y or N"))
-    }
-}
-
 /// A clinic slot's state in the extract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotStatus {
@@ -468,8 +423,7 @@ enum SlotStatus {
 }
 
 fn slot_status(row: &Row<'_>, field: &str) -> Result<SlotStatus, FieldError> {
-    one_of(
-        row,
+    row.one_of(
         field,
         &[
             ("Booked", SlotStatus::Booked),
@@ -489,8 +443,7 @@ enum FollowupStatus {
 }
 
 fn followup_status(row: &Row<'_>, field: &str) -> Result<FollowupStatus, FieldError> {
-    one_of(
-        row,
+    row.one_of(
         field,
         &[
             ("Waiting", FollowupStatus::Waiting),
@@ -499,24 +452,6 @@ fn followup_status(row: &Row<'_>, field: &str) -> Result<FollowupStatus, FieldEr
             ("Cancelled", FollowupStatus::Cancelled),
         ],
     )
-}
-
-/// The value of a required field that must be one of `known`'s words (any case).
-fn one_of<T: Copy>(row: &Row<'_>, field: &str, known: &[(&str, T)]) -> Result<T, FieldError> {
-    let value = row.required(field)?;
-    known
-        .iter()
-        .find(|(word, _)| word.eq_ignore_ascii_case(value))
-        .map(|&(_, v)| v)
-        .ok_or_else(|| {
-            let words: Vec<&str> = known.iter().map(|&(w, _)| w).collect();
-            // As with codes, the value is not quoted: a shifted column could hold an identifier.
-            FieldError::new(
-                field,
-                "is not a known status",
-                format!("one of {}", words.join(", ")),
-            )
-        })
 }
 
 #[cfg(test)]
@@ -578,7 +513,7 @@ mod tests {
         events.iter().map(Event::event_type).collect()
     }
 
-    fn utc(local: &str) -> DateTime<Utc> {
+    fn utc(local: &str) -> chrono::DateTime<chrono::Utc> {
         uk_time::to_utc(chrono::NaiveDateTime::parse_from_str(local, "%Y-%m-%dT%H:%M:%S").unwrap())
     }
 
