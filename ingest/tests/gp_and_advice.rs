@@ -7,114 +7,22 @@
 //! referrals they became.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
 
-use chrono::Utc;
-use pathflow_ingest::pseudonymise::Pseudonymiser;
-use pathflow_ingest::record::Location;
-use pathflow_ingest::reference::{DeprivationLookup, OptOutList};
 use pathflow_ingest::sources::advice::AdviceAndGuidance;
 use pathflow_ingest::sources::gp_appointments::GpAppointments;
 use pathflow_ingest::sources::pas_referrals::PasReferrals;
-use pathflow_ingest::sources::{Context, CsvFormat, Outcome, read_csv};
+use pathflow_ingest::sources::{CsvFormat, Outcome};
 use pathflow_schemas::event::{Event, Payload};
-use pathflow_schemas::{EventType, NhsNumber, PseudoId, SourceName};
-use pathflow_simulate::SimConfig;
+use pathflow_schemas::{EventType, PseudoId};
+
+mod common;
+use common::{Outcomes, Sim, collect_strings};
 
 const GP: &str = "gp/appointments.csv";
 const ADVICE: &str = "ers/advice_and_guidance.csv";
 const REFERRALS: &str = "pas/R9A/referrals.csv";
 
-/// One simulated ICB and what a connector reads it with.
-struct Sim {
-    _dir: tempfile::TempDir,
-    out: PathBuf,
-    pseudonymiser: Pseudonymiser,
-    opt_out: OptOutList,
-    deprivation: DeprivationLookup,
-    /// `bad_records.csv`: the generator's list of the records it broke.
-    answer_key: String,
-}
-
-type Outcomes = Vec<(Location, Outcome)>;
-
 impl Sim {
-    /// Four weeks of a 20,000-patient ICB with a share `bad_record_rate` of bad rows.
-    fn run(bad_record_rate: f64) -> Sim {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = SimConfig::new(dir.path().join("out"));
-        cfg.population = 20_000;
-        cfg.weeks = 4;
-        cfg.run_in_weeks = 4;
-        cfg.bad_record_rate = bad_record_rate;
-        pathflow_simulate::run(&cfg, &|_| {}).unwrap();
-        let out = cfg.out.clone();
-        Sim {
-            pseudonymiser: Pseudonymiser::for_tests("gp-and-advice"),
-            opt_out: OptOutList::load(&out.join("reference/national_data_opt_out.csv")).unwrap(),
-            deprivation: DeprivationLookup::load(&out.join("reference/postcode_deprivation.csv"))
-                .unwrap(),
-            answer_key: std::fs::read_to_string(out.join("bad_records.csv")).unwrap(),
-            out,
-            _dir: dir,
-        }
-    }
-
-    fn cx(&self, feed: &str) -> Context<'_> {
-        Context {
-            pseudonymiser: &self.pseudonymiser,
-            opt_out: &self.opt_out,
-            deprivation: &self.deprivation,
-            source: SourceName::parse(feed).unwrap(),
-            recorded_at: Utc::now(),
-        }
-    }
-
-    fn read<F: CsvFormat>(&self, file: &str, cx: &Context<'_>) -> Outcomes {
-        read_csv::<F, _>(std::fs::File::open(self.out.join(file)).unwrap(), file, cx)
-    }
-
-    fn text(&self, file: &str) -> String {
-        std::fs::read_to_string(self.out.join(file)).unwrap()
-    }
-
-    /// The answer key's entries for `file`: (line, kind, field).
-    fn bad_records(&self, file: &str) -> Vec<(u64, String, String)> {
-        self.answer_key
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                (f[0] == file).then(|| (f[1].parse().unwrap(), f[2].to_string(), f[3].to_string()))
-            })
-            .collect()
-    }
-
-    /// Lines of `file` the answer key lists as broken (a duplicated row is valid).
-    fn rejectable_lines(&self, file: &str) -> HashSet<u64> {
-        self.bad_records(file)
-            .into_iter()
-            .filter(|(_, kind, _)| kind != "duplicated_row")
-            .map(|(line, _, _)| line)
-            .collect()
-    }
-
-    /// Whether a parsed row's patient opted out.
-    fn row_opted_out(&self, row: &HashMap<String, String>) -> bool {
-        NhsNumber::parse(&row["nhs_number"]).is_ok_and(|nhs| self.opt_out.contains(&nhs))
-    }
-
-    /// Whether `line`'s patient (the `nhs_number` field, when valid) opted out.
-    fn opted_out(&self, header: &[&str], line: &str) -> bool {
-        let Some(i) = header.iter().position(|h| *h == "nhs_number") else {
-            return false;
-        };
-        line.split(',')
-            .nth(i)
-            .and_then(|v| NhsNumber::parse(v).ok())
-            .is_some_and(|nhs| self.opt_out.contains(&nhs))
-    }
-
     /// The rows of `file` that must become events: neither broken nor opted out.
     fn valid_rows(&self, file: &str) -> Vec<HashMap<String, String>> {
         let bad = self.rejectable_lines(file);
@@ -347,7 +255,7 @@ fn rows(sim: &Sim, file: &str) -> Vec<(u64, HashMap<String, String>)> {
 
 #[test]
 fn gp_appointment_book_becomes_capacity_bookings_and_outcomes() {
-    let sim = Sim::run(0.02);
+    let sim = Sim::run("gp-and-advice", 0.02);
     let outcomes = check_extract::<GpAppointments>(
         &sim,
         &Extract {
@@ -418,7 +326,7 @@ fn gp_appointment_book_becomes_capacity_bookings_and_outcomes() {
 #[test]
 fn advice_and_guidance_becomes_requests_responses_and_conversions() {
     // The file has about a hundred rows; a high rate puts every kind of bad record in it.
-    let sim = Sim::run(0.2);
+    let sim = Sim::run("gp-and-advice", 0.2);
     let outcomes = check_extract::<AdviceAndGuidance>(
         &sim,
         &Extract {
@@ -492,19 +400,4 @@ fn advice_and_guidance_becomes_requests_responses_and_conversions() {
         unmatched <= rejected_referrals,
         "{unmatched} conversions have no referral"
     );
-}
-
-/// Every string and number in a JSON value, as text.
-fn collect_strings(v: &serde_json::Value, out: &mut HashSet<String>) {
-    match v {
-        serde_json::Value::String(s) => {
-            out.insert(s.clone());
-        }
-        serde_json::Value::Number(n) => {
-            out.insert(n.to_string());
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
-        serde_json::Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
-        _ => {}
-    }
 }

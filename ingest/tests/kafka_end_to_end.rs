@@ -22,6 +22,9 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
+mod common;
+use common::collect_strings;
+
 fn brokers() -> Option<String> {
     match std::env::var("PATHFLOW_TEST_BROKERS") {
         Ok(b) if !b.trim().is_empty() => Some(b),
@@ -239,20 +242,5 @@ async fn referral_extract_reaches_kafka_exactly_once_and_identifier_free() {
             ids.contains(&event.envelope.event_id),
             "re-sending created a new event id on {topic}"
         );
-    }
-}
-
-/// Every string and number in a JSON value, as text.
-fn collect_strings(v: &serde_json::Value, out: &mut HashSet<String>) {
-    match v {
-        serde_json::Value::String(s) => {
-            out.insert(s.clone());
-        }
-        serde_json::Value::Number(n) => {
-            out.insert(n.to_string());
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
-        serde_json::Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
-        _ => {}
     }
 }

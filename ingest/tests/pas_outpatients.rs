@@ -5,115 +5,22 @@
 //! gives the same event ids, nothing identifiable survives, and the events
 //! join the referral and follow-up extracts and count what the CSV shows.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::Utc;
-use pathflow_ingest::pseudonymise::Pseudonymiser;
-use pathflow_ingest::record::Location;
-use pathflow_ingest::reference::{DeprivationLookup, OptOutList};
 use pathflow_ingest::sources::pas_outpatients::{PasAppointments, PasClinicSlots, PasFollowups};
 use pathflow_ingest::sources::pas_referrals::PasReferrals;
-use pathflow_ingest::sources::{Context, CsvFormat, Outcome, read_csv};
+use pathflow_ingest::sources::{CsvFormat, Outcome};
 use pathflow_schemas::codes::ContactType;
 use pathflow_schemas::event::{AppointmentKind, Event, Payload};
-use pathflow_schemas::{EventType, NhsNumber, PseudoId, SourceName};
-use pathflow_simulate::SimConfig;
+use pathflow_schemas::{EventType, PseudoId};
+
+mod common;
+use common::{Outcomes, Sim, collect_strings};
 
 const APPOINTMENTS: &str = "pas/R9A/outpatient_appointments.csv";
 const SLOTS: &str = "pas/R9A/clinic_slots.csv";
 const FOLLOWUPS: &str = "pas/R9A/followups.csv";
 const REFERRALS: &str = "pas/R9A/referrals.csv";
-
-/// One simulated ICB and what a connector reads it with.
-struct Sim {
-    _dir: tempfile::TempDir,
-    out: PathBuf,
-    pseudonymiser: Pseudonymiser,
-    opt_out: OptOutList,
-    deprivation: DeprivationLookup,
-    /// `bad_records.csv`: the generator's list of the records it broke.
-    answer_key: String,
-}
-
-type Outcomes = Vec<(Location, Outcome)>;
-
-impl Sim {
-    fn run() -> Sim {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = SimConfig::new(dir.path().join("out"));
-        cfg.population = 20_000;
-        cfg.weeks = 4;
-        cfg.run_in_weeks = 4;
-        cfg.bad_record_rate = 0.02;
-        pathflow_simulate::run(&cfg, &|_| {}).unwrap();
-        let out = cfg.out.clone();
-        Sim {
-            pseudonymiser: Pseudonymiser::for_tests("pas-outpatients"),
-            opt_out: OptOutList::load(&out.join("reference/national_data_opt_out.csv")).unwrap(),
-            deprivation: DeprivationLookup::load(&out.join("reference/postcode_deprivation.csv"))
-                .unwrap(),
-            answer_key: std::fs::read_to_string(out.join("bad_records.csv")).unwrap(),
-            out,
-            _dir: dir,
-        }
-    }
-
-    fn cx(&self, feed: &str) -> Context<'_> {
-        Context {
-            pseudonymiser: &self.pseudonymiser,
-            opt_out: &self.opt_out,
-            deprivation: &self.deprivation,
-            source: SourceName::parse(feed).unwrap(),
-            recorded_at: Utc::now(),
-        }
-    }
-
-    fn read<F: CsvFormat>(&self, file: &str, cx: &Context<'_>) -> Outcomes {
-        read_csv::<F, _>(std::fs::File::open(self.out.join(file)).unwrap(), file, cx)
-    }
-
-    fn text(&self, file: &str) -> String {
-        std::fs::read_to_string(self.out.join(file)).unwrap()
-    }
-
-    /// The answer key's entries for `file`: (line, kind, field).
-    fn bad_records(&self, file: &str) -> Vec<(u64, String, String)> {
-        self.answer_key
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                (f[0] == file).then(|| (f[1].parse().unwrap(), f[2].to_string(), f[3].to_string()))
-            })
-            .collect()
-    }
-
-    /// Lines of `file` the answer key lists as broken (a duplicated row is valid).
-    fn rejectable_lines(&self, file: &str) -> BTreeSet<u64> {
-        self.bad_records(file)
-            .into_iter()
-            .filter(|(_, kind, _)| kind != "duplicated_row")
-            .map(|(line, _, _)| line)
-            .collect()
-    }
-
-    /// Whether a parsed row's patient opted out.
-    fn row_opted_out(&self, row: &HashMap<String, String>) -> bool {
-        NhsNumber::parse(&row["nhs_number"]).is_ok_and(|nhs| self.opt_out.contains(&nhs))
-    }
-
-    /// Whether `line`'s patient (the `nhs_number` field, when valid) opted out.
-    fn opted_out(&self, header: &[&str], line: &str) -> bool {
-        let Some(i) = header.iter().position(|h| *h == "nhs_number") else {
-            return false;
-        };
-        line.split(',')
-            .nth(i)
-            .and_then(|v| NhsNumber::parse(v).ok())
-            .is_some_and(|nhs| self.opt_out.contains(&nhs))
-    }
-}
 
 /// What [`check_extract`] is told about one file.
 struct Extract<'a> {
@@ -307,7 +214,7 @@ fn rows(sim: &Sim, file: &str) -> Vec<(u64, HashMap<String, String>)> {
 
 #[test]
 fn appointment_extract_becomes_events_rejections_and_opt_outs() {
-    let sim = Sim::run();
+    let sim = Sim::run("pas-outpatients", 0.02);
     let bad = sim.rejectable_lines(APPOINTMENTS);
     let valid: Vec<HashMap<String, String>> = rows(&sim, APPOINTMENTS)
         .into_iter()
@@ -451,7 +358,7 @@ fn appointment_extract_becomes_events_rejections_and_opt_outs() {
 
 #[test]
 fn clinic_slot_extract_becomes_capacity_events() {
-    let sim = Sim::run();
+    let sim = Sim::run("pas-outpatients", 0.02);
     let outcomes = check_extract::<PasClinicSlots>(
         &sim,
         &Extract {
@@ -478,7 +385,7 @@ fn clinic_slot_extract_becomes_capacity_events() {
 
 #[test]
 fn followup_extract_becomes_followup_events() {
-    let sim = Sim::run();
+    let sim = Sim::run("pas-outpatients", 0.02);
     let outcomes = check_extract::<PasFollowups>(
         &sim,
         &Extract {
@@ -511,19 +418,4 @@ fn followup_extract_becomes_followup_events() {
     let completed = distinct_events(&outcomes, EventType::FollowupCompleted);
     assert!(completed_in_csv > 0);
     assert_eq!(completed, completed_in_csv);
-}
-
-/// Every string and number in a JSON value, as text.
-fn collect_strings(v: &serde_json::Value, out: &mut HashSet<String>) {
-    match v {
-        serde_json::Value::String(s) => {
-            out.insert(s.clone());
-        }
-        serde_json::Value::Number(n) => {
-            out.insert(n.to_string());
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
-        serde_json::Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
-        _ => {}
-    }
 }

@@ -13,6 +13,9 @@ use pathflow_ingest::sources::{Context, Outcome, read_csv};
 use pathflow_schemas::{EventType, SourceName};
 use pathflow_simulate::SimConfig;
 
+mod common;
+use common::collect_strings;
+
 #[test]
 fn referral_extract_becomes_events_rejections_and_opt_outs() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,19 +169,4 @@ fn referral_extract_becomes_events_rejections_and_opt_outs() {
         leaked.is_empty(),
         "identifiers found in output, e.g. {leaked:?}"
     );
-}
-
-/// Every string and number in a JSON value, as text.
-fn collect_strings(v: &serde_json::Value, out: &mut HashSet<String>) {
-    match v {
-        serde_json::Value::String(s) => {
-            out.insert(s.clone());
-        }
-        serde_json::Value::Number(n) => {
-            out.insert(n.to_string());
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
-        serde_json::Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
-        _ => {}
-    }
 }

@@ -1,0 +1,121 @@
+//! What the ingest integration tests share: one simulated ICB read the way a
+//! connector reads it, and the JSON walk of the privacy scans.
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+
+use chrono::Utc;
+use pathflow_ingest::pseudonymise::Pseudonymiser;
+use pathflow_ingest::record::Location;
+use pathflow_ingest::reference::{DeprivationLookup, OptOutList};
+use pathflow_ingest::sources::{Context, CsvFormat, Outcome, read_csv};
+use pathflow_schemas::{NhsNumber, SourceName};
+use pathflow_simulate::SimConfig;
+
+/// One simulated ICB and what a connector reads it with.
+pub struct Sim {
+    _dir: tempfile::TempDir,
+    pub out: PathBuf,
+    pub pseudonymiser: Pseudonymiser,
+    pub opt_out: OptOutList,
+    pub deprivation: DeprivationLookup,
+    /// `bad_records.csv`: the generator's list of the records it broke.
+    pub answer_key: String,
+}
+
+pub type Outcomes = Vec<(Location, Outcome)>;
+
+impl Sim {
+    /// Four weeks of a 20,000-patient ICB with a share `bad_record_rate` of bad rows;
+    /// `label` seeds the test key.
+    pub fn run(label: &str, bad_record_rate: f64) -> Sim {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SimConfig::new(dir.path().join("out"));
+        cfg.population = 20_000;
+        cfg.weeks = 4;
+        cfg.run_in_weeks = 4;
+        cfg.bad_record_rate = bad_record_rate;
+        pathflow_simulate::run(&cfg, &|_| {}).unwrap();
+        let out = cfg.out.clone();
+        Sim {
+            pseudonymiser: Pseudonymiser::for_tests(label),
+            opt_out: OptOutList::load(&out.join("reference/national_data_opt_out.csv")).unwrap(),
+            deprivation: DeprivationLookup::load(&out.join("reference/postcode_deprivation.csv"))
+                .unwrap(),
+            answer_key: std::fs::read_to_string(out.join("bad_records.csv")).unwrap(),
+            out,
+            _dir: dir,
+        }
+    }
+
+    pub fn cx(&self, feed: &str) -> Context<'_> {
+        Context {
+            pseudonymiser: &self.pseudonymiser,
+            opt_out: &self.opt_out,
+            deprivation: &self.deprivation,
+            source: SourceName::parse(feed).unwrap(),
+            recorded_at: Utc::now(),
+        }
+    }
+
+    pub fn read<F: CsvFormat>(&self, file: &str, cx: &Context<'_>) -> Outcomes {
+        read_csv::<F, _>(std::fs::File::open(self.out.join(file)).unwrap(), file, cx)
+    }
+
+    pub fn text(&self, file: &str) -> String {
+        std::fs::read_to_string(self.out.join(file)).unwrap()
+    }
+
+    /// The answer key's entries for `file`: (line, kind, field).
+    pub fn bad_records(&self, file: &str) -> Vec<(u64, String, String)> {
+        self.answer_key
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0] == file).then(|| (f[1].parse().unwrap(), f[2].to_string(), f[3].to_string()))
+            })
+            .collect()
+    }
+
+    /// Lines of `file` the answer key lists as broken (a duplicated row is valid).
+    pub fn rejectable_lines(&self, file: &str) -> BTreeSet<u64> {
+        self.bad_records(file)
+            .into_iter()
+            .filter(|(_, kind, _)| kind != "duplicated_row")
+            .map(|(line, _, _)| line)
+            .collect()
+    }
+
+    /// Whether a parsed row's patient opted out.
+    pub fn row_opted_out(&self, row: &HashMap<String, String>) -> bool {
+        NhsNumber::parse(&row["nhs_number"]).is_ok_and(|nhs| self.opt_out.contains(&nhs))
+    }
+
+    /// Whether `line`'s patient (the `nhs_number` field, when valid) opted out.
+    pub fn opted_out(&self, header: &[&str], line: &str) -> bool {
+        let Some(i) = header.iter().position(|h| *h == "nhs_number") else {
+            return false;
+        };
+        line.split(',')
+            .nth(i)
+            .and_then(|v| NhsNumber::parse(v).ok())
+            .is_some_and(|nhs| self.opt_out.contains(&nhs))
+    }
+}
+
+/// Every string and number in a JSON value, as text.
+pub fn collect_strings(v: &serde_json::Value, out: &mut HashSet<String>) {
+    match v {
+        serde_json::Value::String(s) => {
+            out.insert(s.clone());
+        }
+        serde_json::Value::Number(n) => {
+            out.insert(n.to_string());
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
+        _ => {}
+    }
+}
