@@ -140,54 +140,32 @@ impl CsvFormat for AdviceAndGuidance {
 
 #[cfg(test)]
 mod tests {
-    use chrono::NaiveDate;
     use pathflow_schemas::event::{Event, Payload};
-    use pathflow_schemas::{EventType, NhsNumber, SourceName, uk_time};
+    use pathflow_schemas::{EventType, uk_time};
 
     use super::*;
-    use crate::pseudonymise::Pseudonymiser;
-    use crate::reference::{DeprivationLookup, OptOutList};
+    use crate::sources::Outcome;
     use crate::sources::pas_referrals::PasReferrals;
-    use crate::sources::{Outcome, read_csv};
+    use crate::sources::testing::{OPTED_OUT, events};
+
+    /// The outcome of each data row, read with the shared unit-test fixture.
+    fn read<F: CsvFormat>(header: &str, rows: &[&str]) -> Vec<Outcome> {
+        crate::sources::testing::read_rows::<F>(
+            "advice-unit",
+            "ers:advice",
+            "unit.csv",
+            header,
+            rows,
+        )
+    }
 
     const HEADER: &str = "ag_request_id,nhs_number,date_of_birth,sex,postcode,practice_code,provider_code,treatment_function_code,requested_at,responded_at,outcome,converted_ubrn,clinical_question";
-    /// Opted out in every test below.
-    const OPTED_OUT: &str = "9434765919";
-
-    /// The outcome of each data row of `rows` read as format `F` under `header`.
-    fn read<F: CsvFormat>(header: &str, rows: &[&str]) -> Vec<Outcome> {
-        let dir = tempfile::tempdir().unwrap();
-        let lookup = dir.path().join("deprivation.csv");
-        std::fs::write(&lookup, "postcode,imd_decile\nQX1 0AA,3\n").unwrap();
-        let pseudonymiser = Pseudonymiser::for_tests("advice-unit");
-        let cx = Context {
-            pseudonymiser: &pseudonymiser,
-            opt_out: &[NhsNumber::parse(OPTED_OUT).unwrap()]
-                .into_iter()
-                .collect::<OptOutList>(),
-            deprivation: &DeprivationLookup::load(&lookup).unwrap(),
-            source: SourceName::parse("ers:advice").unwrap(),
-            recorded_at: uk_time::start_of_day_utc(NaiveDate::from_ymd_opt(2025, 5, 1).unwrap()),
-        };
-        let text = format!("{header}\n{}\n", rows.join("\n"));
-        read_csv::<F, _>(text.as_bytes(), "unit.csv", &cx)
-            .into_iter()
-            .map(|(_, outcome)| outcome)
-            .collect()
-    }
 
     /// A request of patient `nhs`, with its response time, outcome and converted UBRN.
     fn request(nhs: &str, responded: &str, outcome: &str, ubrn: &str) -> String {
         format!(
             "759256315995,{nhs},1982-02-06,Male,QX1 0AA,Y90001,R9A,502,2025-03-14T15:27:00,{responded},{outcome},{ubrn},\"Query re 9990000018, seen 1982-02-06\""
         )
-    }
-
-    fn events(outcome: &Outcome) -> &[Event] {
-        match outcome {
-            Outcome::Events(events) => events,
-            other => panic!("expected events, got {other:?}"),
-        }
     }
 
     fn types(events: &[Event]) -> Vec<EventType> {

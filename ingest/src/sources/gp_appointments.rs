@@ -236,54 +236,32 @@ fn status(row: &Row<'_>, field: &str) -> Result<GpStatus, FieldError> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::NaiveDate;
     use pathflow_schemas::event::Event;
-    use pathflow_schemas::{EventType, NhsNumber, SourceName, uk_time};
+    use pathflow_schemas::{EventType, uk_time};
 
     use super::*;
-    use crate::pseudonymise::Pseudonymiser;
-    use crate::reference::{DeprivationLookup, OptOutList};
-    use crate::sources::{Outcome, read_csv};
-
-    const HEADER: &str = "practice_code,appointment_id,slot_id,slot_start,duration_minutes,booked_at,status,appointment_mode,hcp_type,national_category,nhs_number,date_of_birth,sex,postcode,cancelled_at";
-    /// Opted out in every test below.
-    const OPTED_OUT: &str = "9434765919";
-    const AVAILABLE: &str = "Y90001,,Y90001-S0000409,2025-04-07T08:00:00,10,,Available,Telephone,GP,General Consultation Acute,,,,,";
+    use crate::sources::Outcome;
+    use crate::sources::testing::{OPTED_OUT, events};
 
     /// The outcome of each data row.
     fn read(rows: &[&str]) -> Vec<Outcome> {
-        let dir = tempfile::tempdir().unwrap();
-        let lookup = dir.path().join("deprivation.csv");
-        std::fs::write(&lookup, "postcode,imd_decile\nQX1 0AA,3\n").unwrap();
-        let pseudonymiser = Pseudonymiser::for_tests("gp-appointments-unit");
-        let cx = Context {
-            pseudonymiser: &pseudonymiser,
-            opt_out: &[NhsNumber::parse(OPTED_OUT).unwrap()]
-                .into_iter()
-                .collect::<OptOutList>(),
-            deprivation: &DeprivationLookup::load(&lookup).unwrap(),
-            source: SourceName::parse("gp:y90001:appointments").unwrap(),
-            recorded_at: uk_time::start_of_day_utc(NaiveDate::from_ymd_opt(2025, 5, 1).unwrap()),
-        };
-        let text = format!("{HEADER}\n{}\n", rows.join("\n"));
-        read_csv::<GpAppointments, _>(text.as_bytes(), "gp/appointments.csv", &cx)
-            .into_iter()
-            .map(|(_, outcome)| outcome)
-            .collect()
+        crate::sources::testing::read_rows::<GpAppointments>(
+            "gp-appointments-unit",
+            "gp:y90001:appointments",
+            "gp/appointments.csv",
+            HEADER,
+            rows,
+        )
     }
+
+    const HEADER: &str = "practice_code,appointment_id,slot_id,slot_start,duration_minutes,booked_at,status,appointment_mode,hcp_type,national_category,nhs_number,date_of_birth,sex,postcode,cancelled_at";
+    const AVAILABLE: &str = "Y90001,,Y90001-S0000409,2025-04-07T08:00:00,10,,Available,Telephone,GP,General Consultation Acute,,,,,";
 
     /// A booked row of patient `nhs` with `status` and `cancelled_at`.
     fn booked(nhs: &str, status: &str, cancelled: &str) -> String {
         format!(
             "Y90001,Y90001-A0000375,Y90001-S0000375,2025-04-07T08:30:00,10,2025-04-04T16:46:00,{status},Face-to-Face,GP,General Consultation Acute,{nhs},1977-09-24,Male,QX1 0AA,{cancelled}"
         )
-    }
-
-    fn events(outcome: &Outcome) -> &[Event] {
-        match outcome {
-            Outcome::Events(events) => events,
-            other => panic!("expected events, got {other:?}"),
-        }
     }
 
     fn rejected(outcome: &Outcome) -> (&str, &str) {

@@ -219,3 +219,53 @@ fn csv_problem(e: &csv::Error) -> String {
         _ => "cannot be read as CSV".to_string(),
     }
 }
+
+/// The fixture every format's unit tests share: rows read under a test key,
+/// with one patient opted out and one postcode in the deprivation lookup.
+#[cfg(test)]
+pub(crate) mod testing {
+    use chrono::NaiveDate;
+    use pathflow_schemas::{Decile, Event, NhsNumber, SourceName, uk_time};
+
+    use super::{Context, CsvFormat, Outcome, read_csv};
+    use crate::pseudonymise::Pseudonymiser;
+    use crate::reference::{DeprivationLookup, OptOutList};
+
+    /// A valid NHS number that is on the opt-out list in unit tests.
+    pub const OPTED_OUT: &str = "9434765919";
+
+    /// The outcome of each data row of `rows` under `header`, read as format `F`
+    /// by source `source` with the test key `key` (formats that must agree share a key).
+    pub fn read_rows<F: CsvFormat>(
+        key: &str,
+        source: &str,
+        file: &str,
+        header: &str,
+        rows: &[&str],
+    ) -> Vec<Outcome> {
+        let pseudonymiser = Pseudonymiser::for_tests(key);
+        let opt_out: OptOutList = [NhsNumber::parse(OPTED_OUT).unwrap()].into_iter().collect();
+        let deprivation: DeprivationLookup =
+            [("QX1 0AA", Decile::new(3).unwrap())].into_iter().collect();
+        let cx = Context {
+            pseudonymiser: &pseudonymiser,
+            opt_out: &opt_out,
+            deprivation: &deprivation,
+            source: SourceName::parse(source).unwrap(),
+            recorded_at: uk_time::start_of_day_utc(NaiveDate::from_ymd_opt(2025, 5, 1).unwrap()),
+        };
+        let text = format!("{header}\n{}\n", rows.join("\n"));
+        read_csv::<F, _>(text.as_bytes(), file, &cx)
+            .into_iter()
+            .map(|(_, outcome)| outcome)
+            .collect()
+    }
+
+    /// The events of an outcome that must have some.
+    pub fn events(outcome: &Outcome) -> &[Event] {
+        match outcome {
+            Outcome::Events(events) => events,
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+}

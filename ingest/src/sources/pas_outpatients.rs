@@ -458,49 +458,27 @@ fn followup_status(row: &Row<'_>, field: &str) -> Result<FollowupStatus, FieldEr
 mod tests {
     use std::collections::HashSet;
 
-    use chrono::NaiveDate;
     use pathflow_schemas::event::{Event, Payload};
-    use pathflow_schemas::{EventType, NhsNumber, SourceName, uk_time};
+    use pathflow_schemas::{EventType, uk_time};
 
     use super::*;
-    use crate::pseudonymise::Pseudonymiser;
-    use crate::reference::{DeprivationLookup, OptOutList};
-    use crate::sources::{Outcome, read_csv};
+    use crate::sources::Outcome;
+    use crate::sources::testing::{OPTED_OUT, events};
+
+    /// The outcome of each data row, read with the shared unit-test fixture.
+    fn read<F: CsvFormat>(header: &str, rows: &[&str]) -> Vec<Outcome> {
+        crate::sources::testing::read_rows::<F>(
+            "pas-outpatients-unit",
+            "pas:r9a:unit",
+            "unit.csv",
+            header,
+            rows,
+        )
+    }
 
     const APPOINTMENT_HEADER: &str = "appointment_id,ubrn,nhs_number,date_of_birth,sex,postcode,provider_code,treatment_function_code,slot_id,contact_type,followup_id,booked_at,appointment_start,original_start,attendance_status,cancelled_at";
     const FOLLOWUP_HEADER: &str = "followup_id,ubrn,nhs_number,date_of_birth,sex,postcode,provider_code,treatment_function_code,requested_date,due_date,pifu,status,appointment_id,outcome_date,cancel_reason";
     const SLOT_HEADER: &str = "slot_id,provider_code,treatment_function_code,slot_start,duration_minutes,contact_type,published_at,status,withdrawn_at,withdraw_reason";
-    /// Opted out in every test below.
-    const OPTED_OUT: &str = "9434765919";
-
-    /// The outcome of each data line of `csv` read as format `F`.
-    fn read<F: CsvFormat>(header: &str, rows: &[&str]) -> Vec<Outcome> {
-        let dir = tempfile::tempdir().unwrap();
-        let lookup = dir.path().join("deprivation.csv");
-        std::fs::write(&lookup, "postcode,imd_decile\nQX1 0AA,3\n").unwrap();
-        let pseudonymiser = Pseudonymiser::for_tests("pas-outpatients-unit");
-        let cx = Context {
-            pseudonymiser: &pseudonymiser,
-            opt_out: &[NhsNumber::parse(OPTED_OUT).unwrap()]
-                .into_iter()
-                .collect::<OptOutList>(),
-            deprivation: &DeprivationLookup::load(&lookup).unwrap(),
-            source: SourceName::parse("pas:r9a:unit").unwrap(),
-            recorded_at: uk_time::start_of_day_utc(NaiveDate::from_ymd_opt(2025, 5, 1).unwrap()),
-        };
-        let text = format!("{header}\n{}\n", rows.join("\n"));
-        read_csv::<F, _>(text.as_bytes(), "unit.csv", &cx)
-            .into_iter()
-            .map(|(_, outcome)| outcome)
-            .collect()
-    }
-
-    fn events(outcome: &Outcome) -> &[Event] {
-        match outcome {
-            Outcome::Events(events) => events,
-            other => panic!("expected events, got {other:?}"),
-        }
-    }
 
     fn rejected_field(outcome: &Outcome) -> &str {
         match outcome {
