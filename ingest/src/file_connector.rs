@@ -103,8 +103,15 @@ impl Ingest {
         ensure_topics(&self.cfg.kafka).await?;
         let mut reports = Vec::new();
         for connector in &self.cfg.connectors {
+            // One checkpoint file per connector: read once, rewritten after each file.
+            let checkpoints = self
+                .cfg
+                .state_dir
+                .join("checkpoints")
+                .join(format!("{}.json", dir_name(connector)));
+            let mut done = read_checkpoints(&checkpoints)?;
             for file in files_of(&connector.path)? {
-                reports.push(self.file(connector, &file).await?);
+                reports.push(self.file(connector, &file, &checkpoints, &mut done).await?);
             }
         }
         Ok(reports)
@@ -114,15 +121,11 @@ impl Ingest {
         &self,
         connector: &ConnectorConfig,
         path: &Path,
+        checkpoints: &Path,
+        done: &mut BTreeMap<String, String>,
     ) -> Result<FileReport, IngestError> {
         let bytes = std::fs::read(path).map_err(io_error(path))?;
         let digest = hex(&Sha256::digest(&bytes));
-        let checkpoints = self
-            .cfg
-            .state_dir
-            .join("checkpoints")
-            .join(format!("{}.json", dir_name(connector)));
-        let mut done = read_checkpoints(&checkpoints)?;
         let key = path.display().to_string();
         let report = |counts| FileReport {
             source: connector.name.to_string(),
@@ -158,7 +161,7 @@ impl Ingest {
         let counts = self.producer.produce(&outcomes).await?;
         self.quarantine(connector, &name, &bytes, &outcomes)?;
         done.insert(key, digest);
-        write_checkpoints(&checkpoints, &done)?;
+        write_checkpoints(checkpoints, done)?;
         Ok(report(Some(counts)))
     }
 

@@ -176,7 +176,9 @@ pub struct Counts {
 /// The idempotent producer of events and dead letters.
 pub struct EventProducer {
     producer: FutureProducer,
-    cfg: KafkaConfig,
+    /// Topic of each family, in `Family` declaration order (named once, not per event).
+    topics: Vec<String>,
+    dead_letters: String,
 }
 
 /// Deliveries awaited at once: enough to keep the producer busy, few enough to bound memory.
@@ -203,7 +205,16 @@ impl EventProducer {
             })?;
         Ok(EventProducer {
             producer,
-            cfg: cfg.clone(),
+            topics: {
+                debug_assert!(
+                    Family::ALL
+                        .iter()
+                        .enumerate()
+                        .all(|(i, f)| *f as usize == i)
+                );
+                Family::ALL.iter().map(|f| cfg.topic(*f)).collect()
+            },
+            dead_letters: cfg.dead_letter_topic(),
         })
     }
 
@@ -241,8 +252,7 @@ impl EventProducer {
     ) -> Result<Counts, ProduceError> {
         let mut counts = Counts::default();
         let mut sent: HashSet<&EventId> = HashSet::new();
-        let mut in_flight: VecDeque<(String, DeliveryFuture)> = VecDeque::new();
-        let dead_letters = self.cfg.dead_letter_topic();
+        let mut in_flight: VecDeque<(&str, DeliveryFuture)> = VecDeque::new();
         for (_, outcome) in outcomes {
             match outcome {
                 Outcome::OptedOut => counts.opted_out += 1,
@@ -250,9 +260,9 @@ impl EventProducer {
                     counts.rejected += 1;
                     let key = format!("{}:{}", r.location.file, r.location.line);
                     let delivery = self
-                        .enqueue(&dead_letters, &key, &dead_letter_json(r))
+                        .enqueue(&self.dead_letters, &key, &dead_letter_json(r))
                         .await?;
-                    in_flight.push_back((dead_letters.clone(), delivery));
+                    in_flight.push_back((&self.dead_letters, delivery));
                 }
                 Outcome::Events(events) => {
                     counts.accepted += 1;
@@ -262,11 +272,11 @@ impl EventProducer {
                             counts.duplicates += 1;
                             continue;
                         }
-                        let topic = self.cfg.topic(event.family());
+                        let topic = &self.topics[event.family() as usize];
                         let delivery = self
-                            .enqueue(&topic, event.payload.key().as_str(), &event_json(event))
+                            .enqueue(topic, event.payload.key().as_str(), &event_json(event))
                             .await?;
-                        in_flight.push_back((topic, delivery));
+                        in_flight.push_back((topic.as_str(), delivery));
                         counts.events += 1;
                     }
                 }
@@ -284,12 +294,15 @@ impl EventProducer {
     }
 }
 
-async fn settle(topic: String, delivery: DeliveryFuture) -> Result<(), ProduceError> {
+async fn settle(topic: &str, delivery: DeliveryFuture) -> Result<(), ProduceError> {
     match delivery.await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err((source, _))) => Err(ProduceError::Delivery { topic, source }),
+        Ok(Err((source, _))) => Err(ProduceError::Delivery {
+            topic: topic.to_string(),
+            source,
+        }),
         Err(_) => Err(ProduceError::Delivery {
-            topic,
+            topic: topic.to_string(),
             source: KafkaError::Canceled,
         }),
     }
