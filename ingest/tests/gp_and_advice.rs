@@ -6,7 +6,7 @@
 //! survives, the events count what the CSV shows, and conversions join the
 //! referrals they became.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use pathflow_ingest::sources::advice::AdviceAndGuidance;
 use pathflow_ingest::sources::gp_appointments::GpAppointments;
@@ -16,7 +16,7 @@ use pathflow_schemas::event::{Event, Payload};
 use pathflow_schemas::{EventType, PseudoId};
 
 mod common;
-use common::{Outcomes, Sim, collect_strings};
+use common::{Outcomes, Sim, leaks, output_values, rows};
 
 const GP: &str = "gp/appointments.csv";
 const ADVICE: &str = "ers/advice_and_guidance.csv";
@@ -167,33 +167,8 @@ fn check_extract<F: CsvFormat>(sim: &Sim, x: &Extract<'_>) -> Outcomes {
             "no {name} to look for"
         );
     }
-    let mut values: HashSet<String> = HashSet::new();
-    for (_, o) in &outcomes {
-        let json = match o {
-            Outcome::Events(events) => serde_json::to_value(events).unwrap(),
-            Outcome::Rejected(r) => serde_json::to_value(r).unwrap(),
-            Outcome::OptedOut => continue,
-        };
-        collect_strings(&json, &mut values);
-    }
-    // Pseudonyms and event ids (32 hex digits) are checked whole; other text
-    // also inside, by looking up each of its substrings of an identifier's
-    // length (a GP book has tens of thousands of identifiers to look for).
-    let lengths: BTreeSet<usize> = identifiers.iter().map(String::len).collect();
-    let ids: HashSet<&[u8]> = identifiers.iter().map(|id| id.as_bytes()).collect();
-    let leaked: Vec<&String> = values
-        .iter()
-        .filter(|v| {
-            let bytes = v.as_bytes();
-            if v.len() == 32 && bytes.iter().all(u8::is_ascii_hexdigit) {
-                return ids.contains(bytes);
-            }
-            lengths
-                .iter()
-                .any(|&n| bytes.windows(n).any(|w| ids.contains(w)))
-        })
-        .take(5)
-        .collect();
+    let values = output_values(&outcomes);
+    let leaked = leaks(&identifiers, &values);
     assert!(
         leaked.is_empty(),
         "identifiers found in output values, e.g. {leaked:?}"
@@ -229,28 +204,6 @@ fn distinct_rows(
         .map(key)
         .collect::<HashSet<_>>()
         .len()
-}
-
-/// The data lines of `file` as records by column name, with their line numbers.
-fn rows(sim: &Sim, file: &str) -> Vec<(u64, HashMap<String, String>)> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(sim.out.join(file))
-        .unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    reader
-        .records()
-        .filter_map(Result::ok)
-        .map(|r| {
-            let line = r.position().unwrap().line() + 1;
-            let row = header
-                .iter()
-                .cloned()
-                .zip(r.iter().map(String::from))
-                .collect();
-            (line, row)
-        })
-        .collect()
 }
 
 #[test]

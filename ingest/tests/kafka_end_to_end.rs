@@ -23,7 +23,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
 mod common;
-use common::collect_strings;
+use common::{collect_strings, leaks};
 
 fn brokers() -> Option<String> {
     match std::env::var("PATHFLOW_TEST_BROKERS") {
@@ -214,16 +214,7 @@ async fn referral_extract_reaches_kafka_exactly_once_and_identifier_free() {
         values.insert(String::from_utf8_lossy(key).into_owned());
         collect_strings(&serde_json::from_slice(payload).unwrap(), &mut values);
     }
-    // Pseudonyms and event ids (32 hex digits) are checked whole; other text also inside.
-    let texts: Vec<&String> = values
-        .iter()
-        .filter(|v| !(v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())))
-        .collect();
-    let leaked: Vec<&String> = identifiers
-        .iter()
-        .filter(|id| values.contains(*id) || texts.iter().any(|v| v.contains(id.as_str())))
-        .take(5)
-        .collect();
+    let leaked = leaks(&identifiers, &values);
     assert!(
         leaked.is_empty(),
         "identifiers on the topics, e.g. {leaked:?}"

@@ -15,7 +15,7 @@ use pathflow_schemas::event::{AppointmentKind, Event, Payload};
 use pathflow_schemas::{EventType, PseudoId};
 
 mod common;
-use common::{Outcomes, Sim, collect_strings};
+use common::{Outcomes, Sim, leaks, output_values, rows};
 
 const APPOINTMENTS: &str = "pas/R9A/outpatient_appointments.csv";
 const SLOTS: &str = "pas/R9A/clinic_slots.csv";
@@ -147,25 +147,8 @@ fn check_extract<F: CsvFormat>(sim: &Sim, x: &Extract<'_>) -> Outcomes {
         }
     }
     assert!(!identifiers.is_empty());
-    let mut values: HashSet<String> = HashSet::new();
-    for (_, o) in &outcomes {
-        let json = match o {
-            Outcome::Events(events) => serde_json::to_value(events).unwrap(),
-            Outcome::Rejected(r) => serde_json::to_value(r).unwrap(),
-            Outcome::OptedOut => continue,
-        };
-        collect_strings(&json, &mut values);
-    }
-    // Pseudonyms and event ids (32 hex digits) are checked whole; other text also inside.
-    let texts: Vec<&String> = values
-        .iter()
-        .filter(|v| !(v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())))
-        .collect();
-    let leaked: Vec<&String> = identifiers
-        .iter()
-        .filter(|id| values.contains(*id) || texts.iter().any(|v| v.contains(id.as_str())))
-        .take(5)
-        .collect();
+    let values = output_values(&outcomes);
+    let leaked = leaks(&identifiers, &values);
     assert!(
         leaked.is_empty(),
         "identifiers found in output, e.g. {leaked:?}"
@@ -188,28 +171,6 @@ fn distinct_events(outcomes: &Outcomes, event_type: EventType) -> usize {
         .map(|e| &e.envelope.event_id)
         .collect::<HashSet<_>>()
         .len()
-}
-
-/// The data lines of `file` as records by column name, with their line numbers.
-fn rows(sim: &Sim, file: &str) -> Vec<(u64, HashMap<String, String>)> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(sim.out.join(file))
-        .unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    reader
-        .records()
-        .filter_map(Result::ok)
-        .map(|r| {
-            let line = r.position().unwrap().line() + 1;
-            let row = header
-                .iter()
-                .cloned()
-                .zip(r.iter().map(String::from))
-                .collect();
-            (line, row)
-        })
-        .collect()
 }
 
 #[test]

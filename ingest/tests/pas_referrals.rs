@@ -14,7 +14,7 @@ use pathflow_schemas::{EventType, SourceName};
 use pathflow_simulate::SimConfig;
 
 mod common;
-use common::collect_strings;
+use common::{leaks, output_values};
 
 #[test]
 fn referral_extract_becomes_events_rejections_and_opt_outs() {
@@ -146,25 +146,8 @@ fn referral_extract_becomes_events_rejections_and_opt_outs() {
             }
         }
     }
-    let mut values: HashSet<String> = HashSet::new();
-    for (_, o) in &outcomes {
-        let json = match o {
-            Outcome::Events(events) => serde_json::to_value(events).unwrap(),
-            Outcome::Rejected(r) => serde_json::to_value(r).unwrap(),
-            Outcome::OptedOut => continue,
-        };
-        collect_strings(&json, &mut values);
-    }
-    // Pseudonyms and event ids (32 hex digits) are checked whole; other text also inside.
-    let texts: Vec<&String> = values
-        .iter()
-        .filter(|v| !(v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit())))
-        .collect();
-    let leaked: Vec<&String> = identifiers
-        .iter()
-        .filter(|id| values.contains(*id) || texts.iter().any(|v| v.contains(id.as_str())))
-        .take(5)
-        .collect();
+    let values = output_values(&outcomes);
+    let leaked = leaks(&identifiers, &values);
     assert!(
         leaked.is_empty(),
         "identifiers found in output, e.g. {leaked:?}"

@@ -119,3 +119,61 @@ pub fn collect_strings(v: &serde_json::Value, out: &mut HashSet<String>) {
         _ => {}
     }
 }
+
+/// The data lines of `file` as records by column name, with their line numbers.
+pub fn rows(sim: &Sim, file: &str) -> Vec<(u64, HashMap<String, String>)> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(sim.out.join(file))
+        .unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    reader
+        .records()
+        .filter_map(Result::ok)
+        .map(|r| {
+            let line = r.position().unwrap().line() + 1;
+            let row = header
+                .iter()
+                .cloned()
+                .zip(r.iter().map(String::from))
+                .collect();
+            (line, row)
+        })
+        .collect()
+}
+
+/// Every string and number in the events and rejections of `outcomes`.
+pub fn output_values(outcomes: &Outcomes) -> HashSet<String> {
+    let mut values = HashSet::new();
+    for (_, o) in outcomes {
+        let json = match o {
+            Outcome::Events(events) => serde_json::to_value(events).unwrap(),
+            Outcome::Rejected(r) => serde_json::to_value(r).unwrap(),
+            Outcome::OptedOut => continue,
+        };
+        collect_strings(&json, &mut values);
+    }
+    values
+}
+
+/// Up to five of `values` that hold one of `identifiers`. Pseudonyms and event
+/// ids (32 hex digits) are checked whole; other text also inside, by looking up
+/// each of its substrings of an identifier's length (a GP book has tens of
+/// thousands of identifiers to look for).
+pub fn leaks<'a>(identifiers: &HashSet<String>, values: &'a HashSet<String>) -> Vec<&'a String> {
+    let lengths: BTreeSet<usize> = identifiers.iter().map(String::len).collect();
+    let ids: HashSet<&[u8]> = identifiers.iter().map(|id| id.as_bytes()).collect();
+    values
+        .iter()
+        .filter(|v| {
+            let bytes = v.as_bytes();
+            if v.len() == 32 && bytes.iter().all(u8::is_ascii_hexdigit) {
+                return ids.contains(bytes);
+            }
+            lengths
+                .iter()
+                .any(|&n| bytes.windows(n).any(|w| ids.contains(w)))
+        })
+        .take(5)
+        .collect()
+}
