@@ -21,7 +21,7 @@ struct Cli {
 enum Command {
     /// Write source-side files (GP, PAS, e-RS, FHIR) for a fictional ICB, with synthetic identifiers.
     Simulate(SimulateArgs),
-    /// Read the source files a config names, once, into Kafka (pseudonymised; bad records to the dead-letter topic).
+    /// Run the connectors a config names: files read once or watched, HTTP push; events into Kafka (pseudonymised; bad records to the dead-letter topic).
     Ingest {
         /// The TOML config (see deploy/ingest.example.toml).
         #[arg(long)]
@@ -88,28 +88,15 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
 
 fn ingest(config: PathBuf) -> anyhow::Result<()> {
     let cfg = pathflow_ingest::config::IngestConfig::load(&config)?;
-    let ingest = pathflow_ingest::file_connector::Ingest::build(cfg)?;
+    let ingest = std::sync::Arc::new(pathflow_ingest::file_connector::Ingest::build(cfg)?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let reports = runtime.block_on(ingest.run_once())?;
-    for r in reports {
-        match r.counts {
-            None => eprintln!(
-                "ingest: {} {}: already sent (checkpoint), skipped",
-                r.source,
-                r.file.display()
-            ),
-            Some(c) => eprintln!(
-                "ingest: {} {}: {} records read, {} accepted ({} events), {} rejected to dead letters, {} opted out",
-                r.source,
-                r.file.display(),
-                c.accepted + c.rejected + c.opted_out,
-                c.accepted,
-                c.events,
-                c.rejected,
-                c.opted_out
-            ),
-        }
-    }
+    let shutdown = async {
+        // Ctrl-C (or SIGINT from a supervisor) stops between batches: a batch
+        // in progress is abandoned unacknowledged and re-sent on restart.
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("ingest: interrupted, stopping");
+    };
+    runtime.block_on(ingest.run(shutdown, |r| eprintln!("ingest: {r}")))?;
     Ok(())
 }
 

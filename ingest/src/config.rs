@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use pathflow_schemas::{KeyId, SourceName};
 use serde::Deserialize;
 
+use crate::http_connector::HttpConfig;
 use crate::kafka::KafkaConfig;
+use crate::metrics::MetricsConfig;
 use crate::pseudonymise::KeySource;
 
 /// The whole ingest configuration.
@@ -23,9 +25,15 @@ pub struct IngestConfig {
     pub pseudonymisation: PseudonymisationConfig,
     /// Reference files the connectors need.
     pub reference: ReferenceConfig,
-    /// The connectors to run.
+    /// The file connectors to run.
     #[serde(default, rename = "connector")]
     pub connectors: Vec<ConnectorConfig>,
+    /// The HTTP push connector, when wanted.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+    /// Where `/metrics` is served, when wanted.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Where the key comes from and what it is called.
@@ -58,6 +66,17 @@ pub struct ConnectorConfig {
     pub format: Format,
     /// A file, or a directory whose files (sorted by name) are read.
     pub path: PathBuf,
+    /// Keep watching `path` for new and changed files (polled every
+    /// `poll_seconds`) instead of reading it once and stopping.
+    #[serde(default)]
+    pub watch: bool,
+    /// Seconds between looks at a watched path.
+    #[serde(default = "default_poll_seconds")]
+    pub poll_seconds: u64,
+}
+
+fn default_poll_seconds() -> u64 {
+    5
 }
 
 /// The source formats a file connector reads.
@@ -76,6 +95,10 @@ pub enum Format {
     GpAppointments,
     /// The e-RS Advice & Guidance extract.
     AdviceAndGuidance,
+    /// FHIR R4 Bundles (Slot, Appointment, Patient, Encounter, ServiceRequest), one per file.
+    FhirBundle,
+    /// Newline-delimited JSON, one pathflow event (envelope and data) per line.
+    NdjsonEvents,
 }
 
 /// A configuration that cannot be used; the message names the key and what to write.
@@ -136,11 +159,17 @@ impl IngestConfig {
                 "must be at least 1".into(),
             ));
         }
-        if cfg.connectors.is_empty() {
+        if cfg.connectors.is_empty() && cfg.http.is_none() {
             return Err(invalid(
                 "connector".into(),
-                "is missing: add at least one [[connector]] table with name, format and path"
+                "is missing: add at least one [[connector]] table with name, format and path, or an [http] table"
                     .into(),
+            ));
+        }
+        if let Some(c) = cfg.connectors.iter().find(|c| c.watch && c.poll_seconds == 0) {
+            return Err(invalid(
+                format!("connector `{}`: poll_seconds", c.name),
+                "must be at least 1 for a watched path".into(),
             ));
         }
         Ok(cfg)
@@ -224,6 +253,7 @@ mod example {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ingest.example.toml");
         let cfg = super::IngestConfig::load(&path).unwrap();
-        assert_eq!(cfg.connectors.len(), 1);
+        assert_eq!(cfg.connectors.len(), 2);
+        assert!(cfg.http.is_some() && cfg.metrics.is_some());
     }
 }

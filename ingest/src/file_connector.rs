@@ -10,25 +10,36 @@
 //!
 //! Quarantine: rejected records' raw lines are kept in
 //! `state_dir/quarantine/<source>/<file>` with a `.reasons.csv` beside it, so
-//! they can be fixed and re-sent. That directory is inside the source's
-//! boundary: it holds identifiers and never leaves the connector's machine.
+//! they can be fixed and re-sent (a FHIR Bundle is kept whole, its reasons
+//! naming entries). That directory is inside the source's boundary: it holds
+//! identifiers and never leaves the connector's machine.
+//!
+//! Watching: a connector with `watch = true` looks at its path every
+//! `poll_seconds` and sends new and changed files. A file is read once its
+//! size and modification time are the same at two looks in a row, so a file
+//! still being copied in is not read half-written; names starting with `.`
+//! or ending in `.tmp` or `.part` are never read (write-then-rename is the
+//! safest way to deliver). A file unchanged since it was last handled costs
+//! one `stat`, not a read and a hash. [`Ingest::ingest`] is the one way in
+//! for every connector: the HTTP push connector hands it request bodies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
+use pathflow_schemas::SourceName;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ConnectorConfig, Format, IngestConfig};
 use crate::kafka::{Counts, EventProducer, ProduceError, ensure_topics};
+use crate::metrics::Metrics;
 use crate::pseudonymise::{KeyError, Pseudonymiser};
-use crate::record::Location;
+use crate::record::{FieldError, Location};
 use crate::reference::{DeprivationLookup, OptOutList, ReferenceError};
-use crate::sources::advice::AdviceAndGuidance;
-use crate::sources::gp_appointments::GpAppointments;
-use crate::sources::pas_outpatients::{PasAppointments, PasClinicSlots, PasFollowups};
-use crate::sources::{Context, Outcome, pas_referrals::PasReferrals, read_csv};
+use crate::sources::{Context, Outcome};
 
 /// Why ingest could not start or continue.
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +81,52 @@ pub struct FileReport {
     pub counts: Option<Counts>,
 }
 
-/// A running ingest: the key, reference data and producer, built once.
+impl std::fmt::Display for FileReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let file = self.file.display();
+        match &self.counts {
+            None => write!(f, "{} {file}: already sent (checkpoint), skipped", self.source),
+            Some(c) => write!(
+                f,
+                "{} {file}: {} records read, {} accepted ({} events), {} rejected to dead letters, {} opted out",
+                self.source,
+                c.accepted + c.rejected + c.opted_out,
+                c.accepted,
+                c.events,
+                c.rejected,
+                c.opted_out
+            ),
+        }
+    }
+}
+
+/// A running ingest: the key, reference data, producer and metrics, built once.
 pub struct Ingest {
     cfg: IngestConfig,
     pseudonymiser: Pseudonymiser,
     opt_out: OptOutList,
     deprivation: DeprivationLookup,
     producer: EventProducer,
+    metrics: Metrics,
+    /// What each file looked like at the last look, and whether it was handled then.
+    looks: std::sync::Mutex<HashMap<PathBuf, Look>>,
+}
+
+/// A file's size and modification time at one look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Look {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    handled: bool,
+}
+
+/// What one source (a file or a request body) produced.
+#[derive(Debug)]
+pub struct Batch {
+    /// Its counts, once every message is acknowledged.
+    pub counts: Counts,
+    /// Each record's location and outcome.
+    pub outcomes: Vec<(Location, Outcome)>,
 }
 
 impl Ingest {
@@ -88,14 +138,27 @@ impl Ingest {
         )?;
         let opt_out = OptOutList::load(&cfg.reference.opt_out)?;
         let deprivation = DeprivationLookup::load(&cfg.reference.postcode_deprivation)?;
-        let producer = EventProducer::new(&cfg.kafka)?;
+        let metrics = Metrics::new();
+        let producer = EventProducer::new(&cfg.kafka, &metrics)?;
         Ok(Ingest {
             cfg,
             pseudonymiser,
             opt_out,
             deprivation,
             producer,
+            metrics,
+            looks: Default::default(),
         })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &IngestConfig {
+        &self.cfg
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Creates missing topics, then reads every connector's files once.
@@ -103,18 +166,109 @@ impl Ingest {
         ensure_topics(&self.cfg.kafka).await?;
         let mut reports = Vec::new();
         for connector in &self.cfg.connectors {
-            // One checkpoint file per connector: read once, rewritten after each file.
-            let checkpoints = self
-                .cfg
-                .state_dir
-                .join("checkpoints")
-                .join(format!("{}.json", dir_name(connector)));
-            let mut done = read_checkpoints(&checkpoints)?;
-            for file in files_of(&connector.path)? {
-                reports.push(self.file(connector, &file, &checkpoints, &mut done).await?);
+            reports.extend(self.connector_pass(connector).await?);
+        }
+        Ok(reports)
+    }
+
+    /// Runs every connector: creates missing topics, serves `/metrics` and the
+    /// HTTP push connector when configured, reads the files once, and keeps
+    /// watching the paths marked `watch` (and serving) until `shutdown`
+    /// resolves. Without anything to watch or serve it returns after one pass.
+    /// Each file's report goes to `report` as it completes.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+        report: impl Fn(&FileReport),
+    ) -> Result<(), IngestError> {
+        ensure_topics(&self.cfg.kafka).await?;
+        let mut servers = tokio::task::JoinSet::new();
+        if let Some(m) = &self.cfg.metrics {
+            let listener = bind(m.listen).await?;
+            servers.spawn(crate::metrics::serve(listener, self.metrics.clone()));
+        }
+        if let Some(h) = &self.cfg.http {
+            let listener = bind(h.listen).await?;
+            servers.spawn(crate::http_connector::serve(listener, self.clone()));
+        }
+        let watching = self.cfg.connectors.iter().any(|c| c.watch);
+        let work = async {
+            // When each connector is next looked at: a watched one again after
+            // its own interval, the others never (`None`) after the first pass.
+            let start = tokio::time::Instant::now();
+            let mut next: Vec<Option<tokio::time::Instant>> =
+                vec![Some(start); self.cfg.connectors.len()];
+            loop {
+                for (connector, next) in self.cfg.connectors.iter().zip(next.iter_mut()) {
+                    if next.is_none_or(|t| tokio::time::Instant::now() < t) {
+                        continue;
+                    }
+                    for r in self.connector_pass(connector).await? {
+                        report(&r);
+                    }
+                    *next = connector.watch.then(|| {
+                        tokio::time::Instant::now() + Duration::from_secs(connector.poll_seconds)
+                    });
+                }
+                if !watching && servers.is_empty() {
+                    return Ok::<(), IngestError>(());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            result = work => result,
+            () = shutdown => Ok(()),
+        }
+    }
+
+    /// One look at a connector's path: every file not yet sent is sent.
+    async fn connector_pass(
+        &self,
+        connector: &ConnectorConfig,
+    ) -> Result<Vec<FileReport>, IngestError> {
+        // One checkpoint file per connector: read once, rewritten after each file.
+        let checkpoints = self
+            .cfg
+            .state_dir
+            .join("checkpoints")
+            .join(format!("{}.json", dir_name(&connector.name)));
+        let mut done = read_checkpoints(&checkpoints)?;
+        let mut reports = Vec::new();
+        for file in files_of(&connector.path)? {
+            if let Some(r) = self.file(connector, &file, &checkpoints, &mut done).await? {
+                reports.push(r);
             }
         }
         Ok(reports)
+    }
+
+    /// Reads `bytes` (a file or a request body named `name`) of `format` from
+    /// `source`: produces its events and dead letters, waits for the broker's
+    /// acknowledgement of every one, keeps rejected raw records in quarantine,
+    /// and counts it all in the metrics.
+    pub async fn ingest(
+        &self,
+        source: &SourceName,
+        format: Format,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<Batch, IngestError> {
+        let cx = self.context(source);
+        let outcomes = crate::sources::read(format, bytes, name, &cx);
+        self.metrics.records(source.as_str(), bytes.len(), &outcomes);
+        let rejected: Vec<(u64, FieldError)> = outcomes
+            .iter()
+            .filter_map(|(loc, o)| match o {
+                Outcome::Rejected(r) => Some((loc.line, r.error.clone())),
+                _ => None,
+            })
+            .collect();
+        // Quarantine first: should producing fail, the raw records are kept all the same.
+        self.quarantine(source, format, name, Raw::Bytes(bytes), &rejected)?;
+        let counts = self.producer.produce(&outcomes).await?;
+        self.metrics.duplicates(source.as_str(), counts.duplicates);
+        Ok(Batch { counts, outcomes })
     }
 
     async fn file(
@@ -123,9 +277,26 @@ impl Ingest {
         path: &Path,
         checkpoints: &Path,
         done: &mut BTreeMap<String, String>,
-    ) -> Result<FileReport, IngestError> {
-        let bytes = std::fs::read(path).map_err(io_error(path))?;
-        let digest = hex(&Sha256::digest(&bytes));
+    ) -> Result<Option<FileReport>, IngestError> {
+        let meta = std::fs::metadata(path).map_err(io_error(path))?;
+        let now = Look {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            handled: false,
+        };
+        let before = self.look(path, now);
+        match before {
+            // Unchanged since it was handled: nothing to say.
+            Some(b) if b.handled && b.len == now.len && b.modified == now.modified => {
+                self.look(path, b);
+                return Ok(None);
+            }
+            // A watched file is read once it has settled: unchanged since the last look.
+            Some(b) if connector.watch && (b.len, b.modified) == (now.len, now.modified) => {}
+            _ if connector.watch => return Ok(None),
+            _ => {}
+        }
+        let digest = file_digest(path)?;
         let key = path.display().to_string();
         let report = |counts| FileReport {
             source: connector.name.to_string(),
@@ -133,102 +304,221 @@ impl Ingest {
             counts,
         };
         if done.get(&key) == Some(&digest) {
-            return Ok(report(None));
+            self.metrics.file(connector.name.as_str(), false);
+            self.look(path, Look { handled: true, ..now });
+            return Ok(Some(report(None)));
         }
-        let cx = Context {
+        let name = relative_name(&connector.path, path);
+        let counts = self.stream_file(connector, path, &name).await?;
+        done.insert(key, digest);
+        write_checkpoints(checkpoints, done)?;
+        self.metrics.file(connector.name.as_str(), true);
+        self.look(path, Look { handled: true, ..now });
+        Ok(Some(report(Some(counts))))
+    }
+
+    /// Sends one file, reading it as it goes: memory is bounded by a chunk of
+    /// records and the producer's queue, not by the file's size.
+    async fn stream_file(
+        &self,
+        connector: &ConnectorConfig,
+        path: &Path,
+        name: &str,
+    ) -> Result<Counts, IngestError> {
+        /// Records parsed, counted and handed to the producer at a time.
+        const CHUNK: usize = 4096;
+        let file = std::fs::File::open(path).map_err(io_error(path))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or_default();
+        let input = std::io::BufReader::with_capacity(1 << 20, file);
+        let cx = self.context(&connector.name);
+        let source = connector.name.as_str();
+        let mut records = crate::sources::records(connector.format, input, name, &cx);
+        let mut sending = self.producer.sending();
+        let mut rejected: Vec<(u64, FieldError)> = Vec::new();
+        let mut chunk = Vec::with_capacity(CHUNK);
+        loop {
+            chunk.extend(records.by_ref().take(CHUNK));
+            if chunk.is_empty() {
+                break;
+            }
+            self.metrics.records(source, 0, &chunk);
+            for (location, outcome) in &chunk {
+                if let Outcome::Rejected(r) = outcome {
+                    rejected.push((location.line, r.error.clone()));
+                }
+                sending.send(outcome).await?;
+            }
+            chunk.clear();
+        }
+        self.metrics.source_bytes(source, bytes);
+        // Quarantine before waiting for the broker: should producing fail, the
+        // raw records are kept all the same.
+        self.quarantine(&connector.name, connector.format, name, Raw::File(path), &rejected)?;
+        let counts = sending.finish().await?;
+        self.metrics.duplicates(source, counts.duplicates);
+        Ok(counts)
+    }
+
+    fn context(&self, source: &SourceName) -> Context<'_> {
+        Context {
             pseudonymiser: &self.pseudonymiser,
             opt_out: &self.opt_out,
             deprivation: &self.deprivation,
-            source: connector.name.clone(),
+            source: source.clone(),
             recorded_at: Utc::now(),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let outcomes = match connector.format {
-            Format::PasReferrals => read_csv::<PasReferrals, _>(bytes.as_slice(), &name, &cx),
-            Format::PasOutpatientAppointments => {
-                read_csv::<PasAppointments, _>(bytes.as_slice(), &name, &cx)
-            }
-            Format::PasClinicSlots => read_csv::<PasClinicSlots, _>(bytes.as_slice(), &name, &cx),
-            Format::PasFollowups => read_csv::<PasFollowups, _>(bytes.as_slice(), &name, &cx),
-            Format::GpAppointments => read_csv::<GpAppointments, _>(bytes.as_slice(), &name, &cx),
-            Format::AdviceAndGuidance => {
-                read_csv::<AdviceAndGuidance, _>(bytes.as_slice(), &name, &cx)
-            }
-        };
-        let counts = self.producer.produce(&outcomes).await?;
-        self.quarantine(connector, &name, &bytes, &outcomes)?;
-        done.insert(key, digest);
-        write_checkpoints(checkpoints, done)?;
-        Ok(report(Some(counts)))
+        }
     }
 
+    /// Records `now` as the latest look at `path`, returning the one before.
+    fn look(&self, path: &Path, now: Look) -> Option<Look> {
+        let mut looks = self.looks.lock().unwrap_or_else(|e| e.into_inner());
+        looks.insert(path.to_path_buf(), now)
+    }
+
+    /// Keeps the raw records of `rejected` (line or entry, reason) in local quarantine.
     fn quarantine(
         &self,
-        connector: &ConnectorConfig,
+        source: &SourceName,
+        format: Format,
         name: &str,
-        bytes: &[u8],
-        outcomes: &[(Location, Outcome)],
+        raw: Raw<'_>,
+        rejected: &[(u64, FieldError)],
     ) -> Result<(), IngestError> {
-        let rejected: Vec<_> = outcomes
-            .iter()
-            .filter_map(|(loc, o)| match o {
-                Outcome::Rejected(r) => Some((loc.line, r)),
-                _ => None,
-            })
-            .collect();
         if rejected.is_empty() {
             return Ok(());
         }
-        let dir = self
-            .cfg
-            .state_dir
-            .join("quarantine")
-            .join(dir_name(connector));
-        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        let text = String::from_utf8_lossy(bytes);
-        let lines: Vec<&str> = text.lines().collect();
-        let raw = dir.join(name);
-        let mut out = std::fs::File::create(&raw).map_err(io_error(&raw))?;
-        let mut reasons = String::from("line,field,problem,rule\n");
-        writeln!(out, "{}", lines.first().copied().unwrap_or_default()).map_err(io_error(&raw))?;
-        for (line, r) in rejected {
-            let raw_line = lines
-                .get(line.saturating_sub(1) as usize)
-                .copied()
-                .unwrap_or_default();
-            writeln!(out, "{raw_line}").map_err(io_error(&raw))?;
-            let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let dir = self.cfg.state_dir.join("quarantine").join(dir_name(source));
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+        }
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let unit = if format == Format::FhirBundle { "entry" } else { "line" };
+        let mut reasons = format!("{unit},field,problem,rule\n");
+        for (line, e) in rejected {
             reasons.push_str(&format!(
                 "{line},{},{},{}\n",
-                quote(&r.error.field),
-                quote(&r.error.problem),
-                quote(&r.error.rule)
+                quote(&e.field),
+                quote(&e.problem),
+                quote(&e.rule)
             ));
         }
+        let input: Box<dyn std::io::Read> = match raw {
+            Raw::Bytes(b) => Box::new(b),
+            Raw::File(p) => Box::new(std::fs::File::open(p).map_err(io_error(p))?),
+        };
+        let mut input = std::io::BufReader::new(input);
+        let mut out =
+            std::io::BufWriter::new(std::fs::File::create(&path).map_err(io_error(&path))?);
+        if format == Format::FhirBundle {
+            // A Bundle's entries refer to each other (an Appointment to its
+            // Patient and Slot): keep it whole, the reasons naming the entries.
+            std::io::copy(&mut input, &mut out).map_err(io_error(&path))?;
+        } else {
+            // The header (for CSV, so the fixed file can be re-sent as it is),
+            // then each rejected line, read in one pass.
+            let wanted: std::collections::BTreeSet<u64> = rejected.iter().map(|r| r.0).collect();
+            let keep_header = format != Format::NdjsonEvents;
+            let mut line = Vec::new();
+            let mut number = 0u64;
+            loop {
+                line.clear();
+                let n = std::io::BufRead::read_until(&mut input, b'\n', &mut line)
+                    .map_err(io_error(&path))?;
+                if n == 0 {
+                    break;
+                }
+                number += 1;
+                if (keep_header && number == 1) || wanted.contains(&number) {
+                    if !line.ends_with(b"\n") {
+                        line.push(b'\n');
+                    }
+                    out.write_all(&line).map_err(io_error(&path))?;
+                }
+            }
+        }
+        out.flush().map_err(io_error(&path))?;
         let reasons_path = dir.join(format!("{name}.reasons.csv"));
         std::fs::write(&reasons_path, reasons).map_err(io_error(&reasons_path))
     }
 }
 
-/// The files a connector reads: the file itself, or a directory's files sorted by name.
+/// Where quarantine finds the raw records: a request body, or a file read again.
+enum Raw<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+/// The SHA-256 of a file's content, read in blocks.
+fn file_digest(path: &Path) -> Result<String, IngestError> {
+    let mut file = std::fs::File::open(path).map_err(io_error(path))?;
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut block).map_err(io_error(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, IngestError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| IngestError::Io {
+            path: PathBuf::from(addr.to_string()),
+            source,
+        })
+}
+
+/// The files a connector reads: the file itself, or every file under a
+/// directory (its subdirectories too, as FHIR exports keep one per practice),
+/// sorted by path.
 fn files_of(path: &Path) -> Result<Vec<PathBuf>, IngestError> {
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(io_error(path))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
+    let mut files = Vec::new();
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(io_error(&dir))? {
+            let p = entry.map_err(io_error(&dir))?.path();
+            if in_progress(&p) {
+                continue;
+            }
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.is_file() {
+                files.push(p);
+            }
+        }
+    }
     files.sort();
     Ok(files)
 }
 
-fn dir_name(connector: &ConnectorConfig) -> String {
-    connector.name.as_str().replace(':', "_")
+/// How a file is named in locations and quarantine: its path under the
+/// connector's directory, or its own name when the connector names a file.
+fn relative_name(root: &Path, file: &Path) -> String {
+    match file.strip_prefix(root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.to_string_lossy().into_owned(),
+        _ => file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    }
+}
+
+/// Names of files still being written, by the usual conventions.
+fn in_progress(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
+}
+
+fn dir_name(source: &SourceName) -> String {
+    source.as_str().replace(':', "_")
 }
 
 fn hex(bytes: &[u8]) -> String {

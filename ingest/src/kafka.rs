@@ -7,9 +7,9 @@
 //! than dropping or growing memory.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use pathflow_schemas::{DEAD_LETTER_TOPIC, Event, EventId, Family};
+use pathflow_schemas::{DEAD_LETTER_TOPIC, Event, Family};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -17,6 +17,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Deserialize;
 
+use crate::metrics::Metrics;
 use crate::record::Rejection;
 use crate::sources::Outcome;
 
@@ -179,14 +180,82 @@ pub struct EventProducer {
     /// Topic of each family, in `Family` declaration order (named once, not per event).
     topics: Vec<String>,
     dead_letters: String,
+    metrics: Metrics,
+}
+
+/// One source's records on their way to the broker (see [`EventProducer::sending`]).
+pub struct Sending<'p> {
+    producer: &'p EventProducer,
+    counts: Counts,
+    /// Ids of the events sent so far (as numbers: 16 bytes each, not a string).
+    sent: HashSet<u128>,
+    in_flight: VecDeque<Pending<'p>>,
+}
+
+impl Sending<'_> {
+    /// Sends one record's events (or its dead letter); an opt-out is only counted.
+    pub async fn send(&mut self, outcome: &Outcome) -> Result<(), ProduceError> {
+        let p = self.producer;
+        match outcome {
+            Outcome::OptedOut => self.counts.opted_out += 1,
+            Outcome::Rejected(r) => {
+                self.counts.rejected += 1;
+                let key = format!("{}:{}", r.location.file, r.location.line);
+                let pending = p
+                    .enqueue(&p.dead_letters, &key, &dead_letter_json(r))
+                    .await?;
+                self.in_flight.push_back(pending);
+            }
+            Outcome::Events(events) => {
+                self.counts.accepted += 1;
+                for event in events {
+                    // A duplicated source row repeats its events' ids: send them once.
+                    let repeat = u128::from_str_radix(event.envelope.event_id.as_str(), 16)
+                        .is_ok_and(|id| !self.sent.insert(id));
+                    if repeat {
+                        self.counts.duplicates += 1;
+                        continue;
+                    }
+                    let topic = &p.topics[event.family() as usize];
+                    let pending = p
+                        .enqueue(topic, event.payload.key().as_str(), &event_json(event))
+                        .await?;
+                    self.in_flight.push_back(pending);
+                    self.counts.events += 1;
+                }
+            }
+        }
+        while self.in_flight.len() > IN_FLIGHT {
+            if let Some(pending) = self.in_flight.pop_front() {
+                p.settle(pending).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the broker has acknowledged every message sent, and counts them.
+    pub async fn finish(self) -> Result<Counts, ProduceError> {
+        for pending in self.in_flight {
+            self.producer.settle(pending).await?;
+        }
+        Ok(self.counts)
+    }
+}
+
+/// A message handed to the producer, awaiting the broker's acknowledgement.
+struct Pending<'a> {
+    topic: &'a str,
+    bytes: usize,
+    sent: Instant,
+    delivery: DeliveryFuture,
 }
 
 /// Deliveries awaited at once: enough to keep the producer busy, few enough to bound memory.
 const IN_FLIGHT: usize = 20_000;
 
 impl EventProducer {
-    /// A producer for `cfg`.
-    pub fn new(cfg: &KafkaConfig) -> Result<Self, ProduceError> {
+    /// A producer for `cfg`, reporting to `metrics`.
+    pub fn new(cfg: &KafkaConfig, metrics: &Metrics) -> Result<Self, ProduceError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("enable.idempotence", "true")
@@ -215,22 +284,31 @@ impl EventProducer {
                 Family::ALL.iter().map(|f| cfg.topic(*f)).collect()
             },
             dead_letters: cfg.dead_letter_topic(),
+            metrics: metrics.clone(),
         })
     }
 
     /// Enqueues one message, waiting while the producer's queue is full.
-    async fn enqueue(
+    async fn enqueue<'a>(
         &self,
-        topic: &str,
+        topic: &'a str,
         key: &str,
         payload: &[u8],
-    ) -> Result<DeliveryFuture, ProduceError> {
+    ) -> Result<Pending<'a>, ProduceError> {
         loop {
             match self
                 .producer
                 .send_result(FutureRecord::to(topic).key(key).payload(payload))
             {
-                Ok(delivery) => return Ok(delivery),
+                Ok(delivery) => {
+                    self.metrics.enqueued();
+                    return Ok(Pending {
+                        topic,
+                        bytes: payload.len(),
+                        sent: Instant::now(),
+                        delivery,
+                    });
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -250,61 +328,45 @@ impl EventProducer {
         &self,
         outcomes: &[(crate::record::Location, Outcome)],
     ) -> Result<Counts, ProduceError> {
-        let mut counts = Counts::default();
-        let mut sent: HashSet<&EventId> = HashSet::new();
-        let mut in_flight: VecDeque<(&str, DeliveryFuture)> = VecDeque::new();
+        let mut sending = self.sending();
         for (_, outcome) in outcomes {
-            match outcome {
-                Outcome::OptedOut => counts.opted_out += 1,
-                Outcome::Rejected(r) => {
-                    counts.rejected += 1;
-                    let key = format!("{}:{}", r.location.file, r.location.line);
-                    let delivery = self
-                        .enqueue(&self.dead_letters, &key, &dead_letter_json(r))
-                        .await?;
-                    in_flight.push_back((&self.dead_letters, delivery));
-                }
-                Outcome::Events(events) => {
-                    counts.accepted += 1;
-                    for event in events {
-                        // A duplicated source row repeats its events' ids: send them once.
-                        if !sent.insert(&event.envelope.event_id) {
-                            counts.duplicates += 1;
-                            continue;
-                        }
-                        let topic = &self.topics[event.family() as usize];
-                        let delivery = self
-                            .enqueue(topic, event.payload.key().as_str(), &event_json(event))
-                            .await?;
-                        in_flight.push_back((topic.as_str(), delivery));
-                        counts.events += 1;
-                    }
-                }
-            }
-            while in_flight.len() > IN_FLIGHT {
-                if let Some((topic, delivery)) = in_flight.pop_front() {
-                    settle(topic, delivery).await?;
-                }
-            }
+            sending.send(outcome).await?;
         }
-        for (topic, delivery) in in_flight {
-            settle(topic, delivery).await?;
-        }
-        Ok(counts)
+        sending.finish().await
     }
-}
 
-async fn settle(topic: &str, delivery: DeliveryFuture) -> Result<(), ProduceError> {
-    match delivery.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((source, _))) => Err(ProduceError::Delivery {
+    /// Starts sending one source's records, outcome by outcome, with at most
+    /// a bounded number of messages awaiting acknowledgement at a time.
+    pub fn sending(&self) -> Sending<'_> {
+        Sending {
+            producer: self,
+            counts: Counts::default(),
+            sent: HashSet::new(),
+            in_flight: VecDeque::new(),
+        }
+    }
+    async fn settle(&self, pending: Pending<'_>) -> Result<(), ProduceError> {
+        let Pending {
+            topic,
+            bytes,
+            sent,
+            delivery,
+        } = pending;
+        let source = match delivery.await {
+            Ok(Ok(_)) => {
+                let dead_letter = topic == self.dead_letters;
+                self.metrics
+                    .delivered(topic, bytes, sent.elapsed(), dead_letter);
+                return Ok(());
+            }
+            Ok(Err((source, _))) => source,
+            Err(_) => KafkaError::Canceled,
+        };
+        self.metrics.failed();
+        Err(ProduceError::Delivery {
             topic: topic.to_string(),
             source,
-        }),
-        Err(_) => Err(ProduceError::Delivery {
-            topic: topic.to_string(),
-            source: KafkaError::Canceled,
-        }),
+        })
     }
 }
 

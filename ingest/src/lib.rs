@@ -13,16 +13,18 @@
 //!   file, line, field, problem and rule without repeating the value.
 //! - [`sources`]: one module per source format, each turning a record into events.
 //! - [`config`]: the TOML configuration, checked at start-up.
-//! - [`file_connector`]: reads configured files once, with checkpoints and quarantine.
+//! - [`file_connector`]: reads configured files once or watches a directory,
+//!   with checkpoints and quarantine; [`file_connector::Ingest::ingest`] is the
+//!   one path every connector's records take.
+//! - [`http_connector`]: the HTTP push connector (FHIR Bundles, NDJSON).
 //! - [`kafka`]: topic creation and the idempotent producer of events and dead letters.
-//!
-//! Still to come with the ingest issue: the remaining formats (GP CSV, the
-//! other PAS extracts, A&G, NDJSON, FHIR), directory watching, the HTTP push
-//! connector, metrics, and a record-level checkpoint within a file.
+//! - [`metrics`]: every ingest metric, and the `/metrics` endpoint.
 
 pub mod config;
 pub mod file_connector;
+pub mod http_connector;
 pub mod kafka;
+pub mod metrics;
 pub mod pseudonymise;
 pub mod record;
 pub mod reference;

@@ -280,13 +280,17 @@ impl<'a> Row<'a> {
     }
 
     /// An optional UK local date-time `YYYY-MM-DDTHH:MM:SS` (or with a space), as UTC.
+    /// An RFC 3339 instant with an explicit offset or `Z` (as FHIR writes them)
+    /// is taken as the instant it names.
     pub fn optional_local_time(&self, field: &str) -> Result<Option<DateTime<Utc>>, FieldError> {
         match self.optional(field) {
             None => Ok(None),
             Some(v) => {
                 let parsed = NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S")
-                    .or_else(|_| NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S"));
-                parsed.map(|t| Some(uk_time::to_utc(t))).map_err(|_| {
+                    .or_else(|_| NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S"))
+                    .map(uk_time::to_utc)
+                    .or_else(|_| DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc)));
+                parsed.map(Some).map_err(|_| {
                     FieldError::new(
                         field,
                         "is not a date-time that exists",
@@ -381,6 +385,32 @@ mod tests {
                     "2025-07-01T08:00:00+00:00"
                 );
                 assert_eq!(row.required("missing").unwrap_err().problem, "is empty");
+            },
+        );
+    }
+
+    #[test]
+    fn instants_with_an_offset_are_taken_as_they_are() {
+        row_of(
+            &["bst", "z", "gmt", "local", "none", "bad"],
+            &[
+                "2025-07-01T09:00:00+01:00",
+                "2025-07-01T08:00:00Z",
+                "2025-01-06T09:05:07+00:00",
+                "2025-07-01T09:00:00",
+                "",
+                "2025-07-01T09:00:00+25:00",
+            ],
+            |row| {
+                let utc = |f: &str| row.local_time(f).unwrap().to_rfc3339();
+                assert_eq!(utc("bst"), "2025-07-01T08:00:00+00:00");
+                assert_eq!(utc("z"), "2025-07-01T08:00:00+00:00");
+                assert_eq!(utc("local"), "2025-07-01T08:00:00+00:00");
+                assert_eq!(utc("gmt"), "2025-01-06T09:05:07+00:00");
+                assert_eq!(row.optional_local_time("none").unwrap(), None);
+                let e = row.local_time("bad").unwrap_err();
+                assert_eq!(e.field, "bad");
+                assert_eq!(e.problem, "is not a date-time that exists");
             },
         );
     }

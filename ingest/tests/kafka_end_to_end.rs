@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use pathflow_ingest::kafka::{EventProducer, KafkaConfig, ensure_topics};
+use pathflow_ingest::metrics::Metrics;
 use pathflow_ingest::pseudonymise::Pseudonymiser;
 use pathflow_ingest::reference::{DeprivationLookup, OptOutList};
 use pathflow_ingest::sources::pas_referrals::PasReferrals;
@@ -121,7 +122,7 @@ async fn referral_extract_reaches_kafka_exactly_once_and_identifier_free() {
         .await
         .expect("creating existing topics again is fine");
 
-    let producer = EventProducer::new(&kafka).unwrap();
+    let producer = EventProducer::new(&kafka, &Metrics::new()).unwrap();
     let counts = producer.produce(&outcomes).await.unwrap();
     let lines = std::fs::read_to_string(out.join(file))
         .unwrap()

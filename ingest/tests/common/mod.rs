@@ -177,3 +177,114 @@ pub fn leaks<'a>(identifiers: &HashSet<String>, values: &'a HashSet<String>) -> 
         .take(5)
         .collect()
 }
+
+impl Sim {
+    /// Four weeks of a 20,000-patient ICB without bad records, after
+    /// `configure` adjusts the run (say, its FHIR share); `label` seeds the test key.
+    pub fn run_with(label: &str, configure: impl FnOnce(&mut SimConfig)) -> Sim {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SimConfig::new(dir.path().join("out"));
+        cfg.population = 20_000;
+        cfg.weeks = 4;
+        cfg.run_in_weeks = 4;
+        cfg.bad_record_rate = 0.0;
+        configure(&mut cfg);
+        pathflow_simulate::run(&cfg, &|_| {}).unwrap();
+        let out = cfg.out.clone();
+        Sim {
+            pseudonymiser: Pseudonymiser::for_tests(label),
+            opt_out: OptOutList::load(&out.join("reference/national_data_opt_out.csv")).unwrap(),
+            deprivation: DeprivationLookup::load(&out.join("reference/postcode_deprivation.csv"))
+                .unwrap(),
+            answer_key: std::fs::read_to_string(out.join("bad_records.csv")).unwrap_or_default(),
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// The files under `dir` (relative to the output), as relative paths, sorted.
+    pub fn files_under(&self, dir: &str) -> Vec<String> {
+        fn walk(root: &std::path::Path, at: &std::path::Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(at).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(root, &path, out);
+                } else {
+                    let rel = path.strip_prefix(root).unwrap();
+                    out.push(rel.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.out, &self.out.join(dir), &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// The broker of the Kafka tests (`PATHFLOW_TEST_BROKERS`), or `None` to skip
+/// them; on CI (`CI` set) a missing broker is a failure, not a skip.
+pub fn test_brokers() -> Option<String> {
+    match std::env::var("PATHFLOW_TEST_BROKERS") {
+        Ok(b) if !b.trim().is_empty() => Some(b),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "PATHFLOW_TEST_BROKERS is not set, and on CI the Kafka tests must run: use scripts/test"
+            )
+        }
+        _ => None,
+    }
+}
+
+/// A name no earlier run used: for topic prefixes and consumer groups.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}{nanos}")
+}
+
+/// One consumed message: topic, key and payload.
+pub type Message = (String, Vec<u8>, Vec<u8>);
+
+/// Reads every message on `topics` from the start until `want` have arrived
+/// (or a minute passes), then listens two seconds more for any extra.
+pub async fn consume_topics(brokers: &str, topics: &[String], want: usize) -> Vec<Message> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message as _;
+    use std::time::{Duration, Instant};
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("pathflow-test-"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs).unwrap();
+    let take = |m: &rdkafka::message::BorrowedMessage<'_>| {
+        (
+            m.topic().to_string(),
+            m.key().unwrap_or_default().to_vec(),
+            m.payload().unwrap_or_default().to_vec(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    while got.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(next) = tokio::time::timeout(left, consumer.recv()).await else {
+            break;
+        };
+        if let Ok(m) = next {
+            got.push(take(&m));
+        }
+    }
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
+        got.push(take(&m));
+    }
+    got
+}
