@@ -166,7 +166,11 @@ impl IngestConfig {
                     .into(),
             ));
         }
-        if let Some(c) = cfg.connectors.iter().find(|c| c.watch && c.poll_seconds == 0) {
+        if let Some(c) = cfg
+            .connectors
+            .iter()
+            .find(|c| c.watch && c.poll_seconds == 0)
+        {
             return Err(invalid(
                 format!("connector `{}`: poll_seconds", c.name),
                 "must be at least 1 for a watched path".into(),

@@ -85,7 +85,11 @@ impl std::fmt::Display for FileReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let file = self.file.display();
         match &self.counts {
-            None => write!(f, "{} {file}: already sent (checkpoint), skipped", self.source),
+            None => write!(
+                f,
+                "{} {file}: already sent (checkpoint), skipped",
+                self.source
+            ),
             Some(c) => write!(
                 f,
                 "{} {file}: {} records read, {} accepted ({} events), {} rejected to dead letters, {} opted out",
@@ -256,7 +260,8 @@ impl Ingest {
     ) -> Result<Batch, IngestError> {
         let cx = self.context(source);
         let outcomes = crate::sources::read(format, bytes, name, &cx);
-        self.metrics.records(source.as_str(), bytes.len(), &outcomes);
+        self.metrics
+            .records(source.as_str(), bytes.len(), &outcomes);
         let rejected: Vec<(u64, FieldError)> = outcomes
             .iter()
             .filter_map(|(loc, o)| match o {
@@ -305,7 +310,13 @@ impl Ingest {
         };
         if done.get(&key) == Some(&digest) {
             self.metrics.file(connector.name.as_str(), false);
-            self.look(path, Look { handled: true, ..now });
+            self.look(
+                path,
+                Look {
+                    handled: true,
+                    ..now
+                },
+            );
             return Ok(Some(report(None)));
         }
         let name = relative_name(&connector.path, path);
@@ -313,7 +324,13 @@ impl Ingest {
         done.insert(key, digest);
         write_checkpoints(checkpoints, done)?;
         self.metrics.file(connector.name.as_str(), true);
-        self.look(path, Look { handled: true, ..now });
+        self.look(
+            path,
+            Look {
+                handled: true,
+                ..now
+            },
+        );
         Ok(Some(report(Some(counts))))
     }
 
@@ -353,7 +370,13 @@ impl Ingest {
         self.metrics.source_bytes(source, bytes);
         // Quarantine before waiting for the broker: should producing fail, the
         // raw records are kept all the same.
-        self.quarantine(&connector.name, connector.format, name, Raw::File(path), &rejected)?;
+        self.quarantine(
+            &connector.name,
+            connector.format,
+            name,
+            Raw::File(path),
+            &rejected,
+        )?;
         let counts = sending.finish().await?;
         self.metrics.duplicates(source, counts.duplicates);
         Ok(counts)
@@ -393,7 +416,11 @@ impl Ingest {
             std::fs::create_dir_all(parent).map_err(io_error(parent))?;
         }
         let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let unit = if format == Format::FhirBundle { "entry" } else { "line" };
+        let unit = if format == Format::FhirBundle {
+            "entry"
+        } else {
+            "line"
+        };
         let mut reasons = format!("{unit},field,problem,rule\n");
         for (line, e) in rejected {
             reasons.push_str(&format!(
@@ -513,7 +540,10 @@ fn relative_name(root: &Path, file: &Path) -> String {
 
 /// Names of files still being written, by the usual conventions.
 fn in_progress(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
 }
 

@@ -74,8 +74,8 @@ impl Metrics {
                 "Time from handing a message to the producer to the broker's acknowledgement.",
             )
             .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                30.0, 60.0,
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
             ]),
         )
         .unwrap_or_else(|e| unreachable!("produce latency histogram: {e}"));

@@ -41,7 +41,9 @@ fn brokers() -> Option<String> {
     match std::env::var("PATHFLOW_TEST_BROKERS") {
         Ok(b) if !b.trim().is_empty() => Some(b),
         _ if std::env::var_os("CI").is_some() => {
-            panic!("PATHFLOW_TEST_BROKERS is not set; on CI the Kafka tests must run: use scripts/test")
+            panic!(
+                "PATHFLOW_TEST_BROKERS is not set; on CI the Kafka tests must run: use scripts/test"
+            )
         }
         _ => None,
     }
@@ -265,7 +267,13 @@ async fn a_whole_icb_arrives_once_with_dead_letters_and_no_identifier() {
         .collect();
     connectors.push(("gp:fhir".into(), "fhir_bundle", out.join("gp/fhir"), false));
     let prefix = unique("pipe");
-    let cfg = config(&brokers, &prefix, &out, &dir.path().join("state"), &connectors);
+    let cfg = config(
+        &brokers,
+        &prefix,
+        &out,
+        &dir.path().join("state"),
+        &connectors,
+    );
     let kafka: KafkaConfig = cfg.kafka.clone();
     let ingest = Ingest::build(cfg.clone()).unwrap();
     let reports = ingest.run_once().await.unwrap();
@@ -293,7 +301,10 @@ async fn a_whole_icb_arrives_once_with_dead_letters_and_no_identifier() {
         rejected += c.rejected;
         opted_out += c.opted_out;
     }
-    assert!(events > 10_000 && rejected > 50 && opted_out > 50, "{log:?}");
+    assert!(
+        events > 10_000 && rejected > 50 && opted_out > 50,
+        "{log:?}"
+    );
     assert!(bundles > 0, "the simulated ICB has FHIR practices: {log:?}");
 
     // The metrics agree: read = accepted + rejected + opted out, per source.
@@ -439,7 +450,12 @@ async fn a_whole_icb_arrives_once_with_dead_letters_and_no_identifier() {
     let new: Vec<_> = messages
         .iter()
         .filter(|(t, ..)| *t != kafka.dead_letter_topic())
-        .map(|(_, _, p)| serde_json::from_slice::<Event>(p).unwrap().envelope.event_id)
+        .map(|(_, _, p)| {
+            serde_json::from_slice::<Event>(p)
+                .unwrap()
+                .envelope
+                .event_id
+        })
         .filter(|id| !ids.contains(id))
         .take(3)
         .collect();
@@ -464,7 +480,12 @@ async fn a_watched_directory_sends_files_dropped_into_it() {
         &prefix,
         &out,
         &dir.path().join("state"),
-        &[("ers:advice".into(), "advice_and_guidance", inbox.clone(), true)],
+        &[(
+            "ers:advice".into(),
+            "advice_and_guidance",
+            inbox.clone(),
+            true,
+        )],
     );
     let topics = cfg.kafka.topics();
     let ingest = Arc::new(Ingest::build(cfg).unwrap());
@@ -649,9 +670,15 @@ async fn a_broker_outage_mid_ingest_loses_nothing_and_duplicates_nothing() {
     }
     broker.stop();
     let at_stop = delivered(&ingest.metrics().render());
-    assert!(!task.is_finished(), "the ingest finished before the broker stopped");
+    assert!(
+        !task.is_finished(),
+        "the ingest finished before the broker stopped"
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(!task.is_finished(), "the ingest gave up while the broker was down");
+    assert!(
+        !task.is_finished(),
+        "the ingest gave up while the broker was down"
+    );
     broker.resume();
     let reports = tokio::time::timeout(Duration::from_secs(300), task)
         .await

@@ -288,7 +288,12 @@ pub fn records<'a, R: std::io::Read + Send + 'a>(
 
 /// Reads a whole source (a file's bytes or a request body) of `format`,
 /// `file` naming it in locations: each record's location and outcome.
-pub fn read(format: Format, bytes: &[u8], file: &str, cx: &Context<'_>) -> Vec<(Location, Outcome)> {
+pub fn read(
+    format: Format,
+    bytes: &[u8],
+    file: &str,
+    cx: &Context<'_>,
+) -> Vec<(Location, Outcome)> {
     match format {
         Format::FhirBundle => fhir::read_bundle(bytes, file, cx),
         Format::NdjsonEvents => ndjson::read_ndjson(bytes, file, cx),
@@ -297,7 +302,12 @@ pub fn read(format: Format, bytes: &[u8], file: &str, cx: &Context<'_>) -> Vec<(
 }
 
 /// A rejection of the record at `file`:`line` by `cx`'s source.
-pub fn rejection(cx: &Context<'_>, file: &str, line: u64, error: FieldError) -> (Location, Outcome) {
+pub fn rejection(
+    cx: &Context<'_>,
+    file: &str,
+    line: u64,
+    error: FieldError,
+) -> (Location, Outcome) {
     let location = Location {
         file: file.to_string(),
         line,
@@ -383,7 +393,9 @@ mod robustness {
     use pas_outpatients::{PasAppointments, PasClinicSlots, PasFollowups};
 
     fn all_formats(header_and_rows: &str) {
-        let (header, rows) = header_and_rows.split_once('\n').unwrap_or((header_and_rows, ""));
+        let (header, rows) = header_and_rows
+            .split_once('\n')
+            .unwrap_or((header_and_rows, ""));
         let rows: Vec<&str> = rows.split('\n').collect();
         let key = "robustness";
         let file = "fuzz.csv";
@@ -393,7 +405,10 @@ mod robustness {
             + read_rows::<PasFollowups>(key, "pas:x", file, header, &rows).len()
             + read_rows::<gp_appointments::GpAppointments>(key, "gp:x", file, header, &rows).len()
             + read_rows::<advice::AdviceAndGuidance>(key, "ers:x", file, header, &rows).len();
-        assert!(n > 0, "every source yields at least one outcome or rejection");
+        assert!(
+            n > 0,
+            "every source yields at least one outcome or rejection"
+        );
     }
 
     /// Field values that exercise the typed accessors: NHS numbers good and bad,
