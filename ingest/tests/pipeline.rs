@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pathflow_ingest::config::IngestConfig;
 use pathflow_ingest::file_connector::{FileReport, Ingest};
 use pathflow_ingest::kafka::KafkaConfig;
+use pathflow_ingest::metrics::MetricsConfig;
 use pathflow_ingest::pseudonymise::{KeySource, Pseudonymiser};
 use pathflow_schemas::{Event, KeyId, NhsNumber};
 use pathflow_simulate::SimConfig;
@@ -244,6 +245,27 @@ fn fhir_identifiers(dir: &Path) -> HashSet<String> {
         }
     }
     ids
+}
+
+fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A plain HTTP/1.1 GET: status line, headers and body as text.
+fn http_get(at: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(at).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
 }
 
 fn data_lines(path: &Path) -> u64 {
@@ -488,6 +510,9 @@ async fn a_watched_directory_sends_files_dropped_into_it() {
         )],
     );
     let topics = cfg.kafka.topics();
+    let mut cfg = cfg;
+    let metrics_at = free_address();
+    cfg.metrics = Some(MetricsConfig { listen: metrics_at });
     let ingest = Arc::new(Ingest::build(cfg).unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -515,10 +540,22 @@ async fn a_watched_directory_sends_files_dropped_into_it() {
     // Unchanged, it is not sent again on later looks.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(reports.lock().unwrap().len(), 1);
+
+    // What Prometheus would scrape, over HTTP.
+    let lines = data_lines(&out.join("ers/advice_and_guidance.csv"));
+    let scraped = http_get(metrics_at, "/metrics");
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    for want in [
+        format!("pathflow_ingest_records_read_total{{source=\"ers:advice\"}} {lines}"),
+        "pathflow_ingest_files_total{outcome=\"sent\",source=\"ers:advice\"} 1".to_string(),
+        "pathflow_ingest_produce_latency_seconds_count".to_string(),
+        "pathflow_ingest_in_flight_messages 0".to_string(),
+    ] {
+        assert!(scraped.contains(&want), "no {want} in\n{scraped}");
+    }
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 
-    let lines = data_lines(&source);
     let messages = consume(&brokers, &topics, 1, Duration::from_secs(30)).await;
     assert!(
         messages.len() as u64 >= lines,
