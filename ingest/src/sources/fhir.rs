@@ -1329,16 +1329,13 @@ fn rename(e: FieldError, names: &[(&str, &str)]) -> FieldError {
 
 #[cfg(test)]
 mod tests {
-    use chrono::NaiveDate;
     use pathflow_schemas::event::{Event, Payload};
-    use pathflow_schemas::{Decile, EventType, NhsNumber, SourceName};
+    use pathflow_schemas::{Decile, EventType};
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::pseudonymise::Pseudonymiser;
-    use crate::reference::{DeprivationLookup, OptOutList};
-    use crate::sources::testing::{OPTED_OUT, events, read_rows};
+    use crate::sources::testing::{OPTED_OUT, events, read_rows, with_context};
 
     const KEY: &str = "fhir-unit";
     const GP_SOURCE: &str = "gp:y90001:appointments";
@@ -1347,18 +1344,7 @@ mod tests {
 
     /// `bytes` read as a Bundle under the fixture of `sources::testing`.
     fn read_as(source: &str, file: &str, bytes: &[u8]) -> Vec<(Location, Outcome)> {
-        let pseudonymiser = Pseudonymiser::for_tests(KEY);
-        let opt_out: OptOutList = [NhsNumber::parse(OPTED_OUT).unwrap()].into_iter().collect();
-        let deprivation: DeprivationLookup =
-            [("QX1 0AA", Decile::new(3).unwrap())].into_iter().collect();
-        let cx = Context {
-            pseudonymiser: &pseudonymiser,
-            opt_out: &opt_out,
-            deprivation: &deprivation,
-            source: SourceName::parse(source).unwrap(),
-            recorded_at: uk_time::start_of_day_utc(NaiveDate::from_ymd_opt(2025, 5, 1).unwrap()),
-        };
-        read_bundle(bytes, file, &cx)
+        with_context(KEY, source, |cx| read_bundle(bytes, file, cx))
     }
 
     fn read(entries: Vec<Value>) -> Vec<(Location, Outcome)> {

@@ -345,15 +345,10 @@ pub(crate) mod testing {
     /// A valid NHS number that is on the opt-out list in unit tests.
     pub const OPTED_OUT: &str = "9434765919";
 
-    /// The outcome of each data row of `rows` under `header`, read as format `F`
-    /// by source `source` with the test key `key` (formats that must agree share a key).
-    pub fn read_rows<F: CsvFormat>(
-        key: &str,
-        source: &str,
-        file: &str,
-        header: &str,
-        rows: &[&str],
-    ) -> Vec<Outcome> {
+    /// Runs `read` with the unit tests' context: source `source`, the test key
+    /// `key` (formats that must agree share a key), [`OPTED_OUT`] on the
+    /// opt-out list and `QX1 0AA` in decile 3.
+    pub fn with_context<T>(key: &str, source: &str, read: impl FnOnce(&Context<'_>) -> T) -> T {
         let pseudonymiser = Pseudonymiser::for_tests(key);
         let opt_out: OptOutList = [NhsNumber::parse(OPTED_OUT).unwrap()].into_iter().collect();
         let deprivation: DeprivationLookup =
@@ -365,11 +360,25 @@ pub(crate) mod testing {
             source: SourceName::parse(source).unwrap(),
             recorded_at: uk_time::start_of_day_utc(NaiveDate::from_ymd_opt(2025, 5, 1).unwrap()),
         };
+        read(&cx)
+    }
+
+    /// The outcome of each data row of `rows` under `header`, read as format `F`
+    /// by source `source` with the test key `key`.
+    pub fn read_rows<F: CsvFormat>(
+        key: &str,
+        source: &str,
+        file: &str,
+        header: &str,
+        rows: &[&str],
+    ) -> Vec<Outcome> {
         let text = format!("{header}\n{}\n", rows.join("\n"));
-        read_csv::<F, _>(text.as_bytes(), file, &cx)
-            .into_iter()
-            .map(|(_, outcome)| outcome)
-            .collect()
+        with_context(key, source, |cx| {
+            read_csv::<F, _>(text.as_bytes(), file, cx)
+                .into_iter()
+                .map(|(_, outcome)| outcome)
+                .collect()
+        })
     }
 
     /// The events of an outcome that must have some.
