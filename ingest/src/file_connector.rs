@@ -53,6 +53,9 @@ pub enum IngestError {
     /// Kafka refused.
     #[error(transparent)]
     Produce(#[from] ProduceError),
+    /// The HTTP push connector's bearer token is missing or unusable.
+    #[error(transparent)]
+    Token(#[from] crate::http_connector::TokenError),
     /// A source or state file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -112,6 +115,8 @@ pub struct Ingest {
     deprivation: DeprivationLookup,
     producer: EventProducer,
     metrics: Metrics,
+    /// The push connector's bearer token (as a digest), when `[http]` is configured.
+    push_token: Option<crate::http_connector::BearerToken>,
     /// What each file looked like at the last look, and whether it was handled then.
     looks: std::sync::Mutex<HashMap<PathBuf, Look>>,
 }
@@ -142,6 +147,7 @@ impl Ingest {
         )?;
         let opt_out = OptOutList::load(&cfg.reference.opt_out)?;
         let deprivation = DeprivationLookup::load(&cfg.reference.postcode_deprivation)?;
+        let push_token = cfg.http.as_ref().map(|h| h.load_token()).transpose()?;
         let metrics = Metrics::new();
         let producer = EventProducer::new(&cfg.kafka, &metrics)?;
         Ok(Ingest {
@@ -151,6 +157,7 @@ impl Ingest {
             deprivation,
             producer,
             metrics,
+            push_token,
             looks: Default::default(),
         })
     }
@@ -191,9 +198,13 @@ impl Ingest {
             let listener = bind(m.listen).await?;
             servers.spawn(crate::metrics::serve(listener, self.metrics.clone()));
         }
-        if let Some(h) = &self.cfg.http {
+        if let (Some(h), Some(token)) = (&self.cfg.http, &self.push_token) {
             let listener = bind(h.listen).await?;
-            servers.spawn(crate::http_connector::serve(listener, self.clone()));
+            servers.spawn(crate::http_connector::serve_with_token(
+                listener,
+                self.clone(),
+                token.clone(),
+            ));
         }
         let watching = self.cfg.connectors.iter().any(|c| c.watch);
         let work = async {
@@ -214,14 +225,38 @@ impl Ingest {
                         tokio::time::Instant::now() + Duration::from_secs(connector.poll_seconds)
                     });
                 }
-                if !watching && servers.is_empty() {
+                if !watching {
                     return Ok::<(), IngestError>(());
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         };
+        let serving = !servers.is_empty();
+        let files = async {
+            work.await?;
+            if serving {
+                // The files are done; the servers go on until shutdown.
+                std::future::pending::<()>().await;
+            }
+            Ok::<(), IngestError>(())
+        };
+        let server_stopped = async {
+            // A server that stops (its listener failed) ends the run, rather
+            // than leaving a connector that silently no longer answers.
+            let error = |source| IngestError::Io {
+                path: PathBuf::from("(http server)"),
+                source,
+            };
+            match servers.join_next().await {
+                Some(Ok(Err(e))) => Err(error(e)),
+                Some(Err(e)) => Err(error(std::io::Error::other(e))),
+                Some(Ok(Ok(()))) => Err(error(std::io::Error::other("stopped"))),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            result = work => result,
+            result = files => result,
+            result = server_stopped => result,
             () = shutdown => Ok(()),
         }
     }

@@ -11,6 +11,21 @@
 //! anything else can send the same body again: event ids are deterministic,
 //! so records already delivered are not counted twice downstream.
 //!
+//! # Answers
+//!
+//! | status | when | body |
+//! |---|---|---|
+//! | 202 | the body was read and every message acknowledged | `request`, `accepted`, `rejected`, `opted_out`, `events`, `duplicates`, `errors` (`entry` or `line`, `field`, `problem`, `rule`; the first 1000, with `errors_not_shown` beyond) |
+//! | 400 | the body is empty, or the reader could use none of it (not JSON, not a Bundle, no line an event) | `error`, `hint` (and `request` once it was read: like a bad file, it is on the dead-letter topic and in quarantine) |
+//! | 401 | no `Authorization`, not the Bearer scheme, or the wrong token (`WWW-Authenticate: Bearer`) | `error` saying which, `hint` |
+//! | 404 / 405 | another path / another method (`Allow: POST`) | `error`, `hint` |
+//! | 413 | the body is over `max_body_bytes` (by its `Content-Length`, or once that much is read) | `error` with the limit, `hint` to split it |
+//! | 415 | another `Content-Type` | `error`, `hint` listing the accepted ones |
+//! | 503 | Kafka refused (`Retry-After: 30`) | `request`, `error`, `hint` to retry |
+//! | 500 | the quarantine could not be written | `request`, `error`, `hint` to retry |
+//!
+//! Every answer but `/healthz`'s bumps `pathflow_ingest_http_requests_total{status}`.
+//!
 //! Clients authenticate with `Authorization: Bearer <token>`. The token is
 //! read once at start-up ([`HttpConfig::load_token`]) and kept only as its
 //! SHA-256 digest, compared in constant time; it is never logged or echoed.

@@ -12,11 +12,18 @@
 //! [`EventId`](pathflow_schemas::EventId) (32 lowercase hex digits),
 //! organisations are [`OdsCode`](pathflow_schemas::OdsCode)s (at least one
 //! letter), sources and key ids are names that start with a letter, and a
-//! patient is only a pseudonym, an age band, a sex and a decile. An NHS number,
-//! hospital number or UBRN in any of them fails to deserialise and the line is
-//! rejected. Fields the wire format does not have (a `"name"`, an
-//! `"nhs_number"` beside `data`) are dropped by deserialisation: what reaches
-//! Kafka is the event serialised again from its types, never the line.
+//! patient is only a pseudonym, an age band, a sex and a decile. An NHS
+//! number (10 digits) or UBRN (12) fits none of them, so a line holding one
+//! where a pseudonym or code belongs fails to deserialise and is rejected;
+//! free text has nowhere to go. Fields the wire format does not have (a
+//! `"name"`, an `"nhs_number"` beside `data`) are dropped by deserialisation:
+//! what reaches Kafka is the event serialised again from its types, never
+//! the line.
+//!
+//! The types check shape, not provenance: a name such as `source` takes
+//! digits after a letter, and a zero-padded number is valid hex. So the
+//! sender is trusted to have pseudonymised with the connector's key; only
+//! systems that embed the pseudonymiser should hold a push token.
 //!
 //! # Rules
 //!
@@ -25,6 +32,9 @@
 //!   under another key would not join with this connector's.
 //! - The event keeps its own `event_id` (its producer derived it
 //!   deterministically), `source` and `recorded_at`.
+//! - The National Data Opt-out is the sender's to apply: an event carries
+//!   pseudonyms, not the NHS number the opt-out list holds, so no line is
+//!   counted as opted out here.
 //! - Blank lines are skipped; a UTF-8 byte order mark and CRLF line ends are fine.
 //!
 //! A rejection names the 1-based line and the JSON path of the field at fault
@@ -340,28 +350,18 @@ fn expected_of(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use chrono::NaiveDate;
+    use pathflow_schemas::KeyId;
     use pathflow_schemas::sample::one_of_each;
-    use pathflow_schemas::{KeyId, SourceName, uk_time};
     use proptest::prelude::*;
 
     use super::*;
-    use crate::pseudonymise::Pseudonymiser;
-    use crate::reference::{DeprivationLookup, OptOutList};
+    use crate::sources::testing::with_context;
 
-    /// Reads `text` under a test key whose id is `test` (the samples' events are stamped to match).
+    /// Reads `text` with the unit tests' context (key id `test`, which the samples are stamped with).
     fn read(text: &[u8]) -> Vec<(Location, Outcome)> {
-        let pseudonymiser = Pseudonymiser::for_tests("ndjson");
-        let opt_out: OptOutList = std::iter::empty().collect();
-        let deprivation: DeprivationLookup = std::iter::empty().collect();
-        let cx = Context {
-            pseudonymiser: &pseudonymiser,
-            opt_out: &opt_out,
-            deprivation: &deprivation,
-            source: SourceName::parse("push:test").unwrap(),
-            recorded_at: uk_time::start_of_day_utc(NaiveDate::from_ymd_opt(2025, 5, 1).unwrap()),
-        };
-        read_ndjson(text, "push-1.ndjson", &cx)
+        with_context("ndjson", "push:test", |cx| {
+            read_ndjson(text, "push-1.ndjson", cx)
+        })
     }
 
     fn samples() -> Vec<Event> {
