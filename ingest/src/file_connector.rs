@@ -20,8 +20,9 @@
 //! still being copied in is not read half-written; names starting with `.`
 //! or ending in `.tmp` or `.part` are never read (write-then-rename is the
 //! safest way to deliver). A file unchanged since it was last handled costs
-//! one `stat`, not a read and a hash. [`Ingest::ingest`] is the one way in
-//! for every connector: the HTTP push connector hands it request bodies.
+//! one `stat`, not a read and a hash. The HTTP push connector hands request
+//! bodies to [`Ingest::ingest`], which shares the readers, producer,
+//! quarantine and metrics with the files.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;

@@ -13,9 +13,11 @@
 //!   file, line, field, problem and rule without repeating the value.
 //! - [`sources`]: one module per source format, each turning a record into events.
 //! - [`config`]: the TOML configuration, checked at start-up.
-//! - [`file_connector`]: reads configured files once or watches a directory,
-//!   with checkpoints and quarantine; [`file_connector::Ingest::ingest`] is the
-//!   one path every connector's records take.
+//! - [`file_connector`]: the running [`file_connector::Ingest`]: reads
+//!   configured files once or watches directories (streaming, with checkpoints
+//!   and quarantine), and takes request bodies from the push connector through
+//!   [`file_connector::Ingest::ingest`]; both use one reader per format, one
+//!   producer, one quarantine and one set of metrics.
 //! - [`http_connector`]: the HTTP push connector (FHIR Bundles, NDJSON).
 //! - [`kafka`]: topic creation and the idempotent producer of events and dead letters.
 //! - [`metrics`]: every ingest metric, and the `/metrics` endpoint.
