@@ -6,16 +6,22 @@
 //! keeps retrying, and when its bounded queue is full, sending waits rather
 //! than dropping or growing memory.
 
-use std::collections::{HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pathflow_schemas::{DEAD_LETTER_TOPIC, Event, Family};
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use serde::Deserialize;
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::record::Rejection;
@@ -176,11 +182,77 @@ pub struct Counts {
 
 /// The idempotent producer of events and dead letters.
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: ThreadedProducer<Deliveries>,
     /// Topic of each family, in `Family` declaration order (named once, not per event).
     topics: Vec<String>,
     dead_letters: String,
+}
+
+/// What the producer's delivery callback reports to: the metrics, and the
+/// batch each message belongs to. A callback per message rather than a
+/// future per message: no allocation or wake-up per message on the hot path.
+struct Deliveries {
     metrics: Metrics,
+    dead_letters: String,
+}
+
+/// One batch's messages awaiting acknowledgement.
+#[derive(Default)]
+struct Acks {
+    pending: AtomicU64,
+    /// The first permanent failure, if any.
+    failure: Mutex<Option<(String, KafkaError)>>,
+    settled: Notify,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Arc<Acks>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
+        match result {
+            Ok(m) => {
+                // librdkafka stamps each message when it is produced (CreateTime, ms).
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let latency = m.timestamp().to_millis().map_or(Duration::ZERO, |t| {
+                    Duration::from_millis(now.saturating_sub(t).max(0) as u64)
+                });
+                let dead_letter = m.topic() == self.dead_letters;
+                self.metrics
+                    .delivered(m.topic(), m.payload_len(), latency, dead_letter);
+            }
+            Err((e, m)) => {
+                self.metrics.failed();
+                let mut failure = acks.failure.lock().unwrap_or_else(|p| p.into_inner());
+                failure.get_or_insert_with(|| (m.topic().to_string(), e.clone()));
+            }
+        }
+        if acks.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            acks.settled.notify_one();
+        }
+    }
+}
+
+/// Hashes event ids, which are already uniformly spread keyed digests, by
+/// folding their bits: SipHash over every id cost more than the lookup.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = (n as u64) ^ ((n >> 64) as u64);
+    }
 }
 
 /// One source's records on their way to the broker (see [`EventProducer::sending`]).
@@ -188,8 +260,10 @@ pub struct Sending<'p> {
     producer: &'p EventProducer,
     counts: Counts,
     /// Ids of the events sent so far (as numbers: 16 bytes each, not a string).
-    sent: HashSet<u128>,
-    in_flight: VecDeque<Pending<'p>>,
+    sent: HashSet<u128, BuildHasherDefault<IdHasher>>,
+    acks: Arc<Acks>,
+    /// Reused for every message's JSON.
+    buf: Vec<u8>,
 }
 
 impl Sending<'_> {
@@ -201,10 +275,11 @@ impl Sending<'_> {
             Outcome::Rejected(r) => {
                 self.counts.rejected += 1;
                 let key = format!("{}:{}", r.location.file, r.location.line);
-                let pending = p
-                    .enqueue(&p.dead_letters, &key, &dead_letter_json(r))
+                self.buf.clear();
+                // Serialising these plain structs into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut self.buf, r);
+                p.enqueue(&p.dead_letters, key.as_bytes(), &self.buf, &self.acks)
                     .await?;
-                self.in_flight.push_back(pending);
             }
             Outcome::Events(events) => {
                 self.counts.accepted += 1;
@@ -217,17 +292,12 @@ impl Sending<'_> {
                         continue;
                     }
                     let topic = &p.topics[event.family() as usize];
-                    let pending = p
-                        .enqueue(topic, event.payload.key().as_str(), &event_json(event))
-                        .await?;
-                    self.in_flight.push_back(pending);
+                    self.buf.clear();
+                    let _ = serde_json::to_writer(&mut self.buf, event);
+                    let key = event.payload.key().as_str().as_bytes();
+                    p.enqueue(topic, key, &self.buf, &self.acks).await?;
                     self.counts.events += 1;
                 }
-            }
-        }
-        while self.in_flight.len() > IN_FLIGHT {
-            if let Some(pending) = self.in_flight.pop_front() {
-                p.settle(pending).await?;
             }
         }
         Ok(())
@@ -235,28 +305,34 @@ impl Sending<'_> {
 
     /// Waits until the broker has acknowledged every message sent, and counts them.
     pub async fn finish(self) -> Result<Counts, ProduceError> {
-        for pending in self.in_flight {
-            self.producer.settle(pending).await?;
+        loop {
+            let settled = self.acks.settled.notified();
+            if self.acks.pending.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            settled.await;
         }
-        Ok(self.counts)
+        let failure = self
+            .acks
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match failure {
+            Some((topic, source)) => Err(ProduceError::Delivery { topic, source }),
+            None => Ok(self.counts),
+        }
     }
 }
-
-/// A message handed to the producer, awaiting the broker's acknowledgement.
-struct Pending<'a> {
-    topic: &'a str,
-    bytes: usize,
-    sent: Instant,
-    delivery: DeliveryFuture,
-}
-
-/// Deliveries awaited at once: enough to keep the producer busy, few enough to bound memory.
-const IN_FLIGHT: usize = 20_000;
 
 impl EventProducer {
     /// A producer for `cfg`, reporting to `metrics`.
     pub fn new(cfg: &KafkaConfig, metrics: &Metrics) -> Result<Self, ProduceError> {
-        let producer: FutureProducer = ClientConfig::new()
+        let deliveries = Deliveries {
+            metrics: metrics.clone(),
+            dead_letters: cfg.dead_letter_topic(),
+        };
+        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -267,7 +343,7 @@ impl EventProducer {
                 "queue.buffering.max.messages",
                 cfg.max_queued_messages.to_string(),
             )
-            .create()
+            .create_with_context(deliveries)
             .map_err(|source| ProduceError::Client {
                 brokers: cfg.brokers.clone(),
                 source,
@@ -284,42 +360,7 @@ impl EventProducer {
                 Family::ALL.iter().map(|f| cfg.topic(*f)).collect()
             },
             dead_letters: cfg.dead_letter_topic(),
-            metrics: metrics.clone(),
         })
-    }
-
-    /// Enqueues one message, waiting while the producer's queue is full.
-    async fn enqueue<'a>(
-        &self,
-        topic: &'a str,
-        key: &str,
-        payload: &[u8],
-    ) -> Result<Pending<'a>, ProduceError> {
-        loop {
-            match self
-                .producer
-                .send_result(FutureRecord::to(topic).key(key).payload(payload))
-            {
-                Ok(delivery) => {
-                    self.metrics.enqueued();
-                    return Ok(Pending {
-                        topic,
-                        bytes: payload.len(),
-                        sent: Instant::now(),
-                        delivery,
-                    });
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((source, _)) => {
-                    return Err(ProduceError::Delivery {
-                        topic: topic.to_string(),
-                        source,
-                    });
-                }
-            }
-        }
     }
 
     /// Produces the events and dead letters of a batch of outcomes and waits
@@ -335,38 +376,51 @@ impl EventProducer {
         sending.finish().await
     }
 
-    /// Starts sending one source's records, outcome by outcome, with at most
-    /// a bounded number of messages awaiting acknowledgement at a time.
+    /// Starts sending one source's records, outcome by outcome. Memory is
+    /// bounded by the producer's queue (`max_queued_messages`): when it is
+    /// full, sending waits.
     pub fn sending(&self) -> Sending<'_> {
         Sending {
             producer: self,
             counts: Counts::default(),
-            sent: HashSet::new(),
-            in_flight: VecDeque::new(),
+            sent: HashSet::default(),
+            acks: Arc::default(),
+            buf: Vec::with_capacity(1024),
         }
     }
-    async fn settle(&self, pending: Pending<'_>) -> Result<(), ProduceError> {
-        let Pending {
-            topic,
-            bytes,
-            sent,
-            delivery,
-        } = pending;
-        let source = match delivery.await {
-            Ok(Ok(_)) => {
-                let dead_letter = topic == self.dead_letters;
-                self.metrics
-                    .delivered(topic, bytes, sent.elapsed(), dead_letter);
-                return Ok(());
+
+    /// Enqueues one message (librdkafka copies it), waiting while the queue is full.
+    async fn enqueue(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        acks: &Arc<Acks>,
+    ) -> Result<(), ProduceError> {
+        acks.pending.fetch_add(1, Ordering::AcqRel);
+        let mut record = BaseRecord::with_opaque_to(topic, acks.clone())
+            .key(key)
+            .payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.producer.context().metrics.enqueued();
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((source, _)) => {
+                    // No delivery report will come for it.
+                    acks.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(ProduceError::Delivery {
+                        topic: topic.to_string(),
+                        source,
+                    });
+                }
             }
-            Ok(Err((source, _))) => source,
-            Err(_) => KafkaError::Canceled,
-        };
-        self.metrics.failed();
-        Err(ProduceError::Delivery {
-            topic: topic.to_string(),
-            source,
-        })
+        }
     }
 }
 
