@@ -9,6 +9,11 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 
+// The connectors allocate small strings for every event; mimalloc is
+// measurably quicker at that than glibc's malloc (BENCHMARKS.md, ingest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Demand, capacity and waits across the GP / hospital boundary.
 #[derive(Parser)]
 #[command(name = "pathflow", version, about)]

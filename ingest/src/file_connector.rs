@@ -111,15 +111,33 @@ impl std::fmt::Display for FileReport {
 /// A running ingest: the key, reference data, producer and metrics, built once.
 pub struct Ingest {
     cfg: IngestConfig,
-    pseudonymiser: Pseudonymiser,
-    opt_out: OptOutList,
-    deprivation: DeprivationLookup,
+    /// What records are read with, shared with the threads that parse files.
+    refs: Arc<References>,
     producer: EventProducer,
     metrics: Metrics,
     /// The push connector's bearer token (as a digest), when `[http]` is configured.
     push_token: Option<crate::http_connector::BearerToken>,
     /// What each file looked like at the last look, and whether it was handled then.
     looks: std::sync::Mutex<HashMap<PathBuf, Look>>,
+}
+
+/// The key and reference data every record is read with.
+struct References {
+    pseudonymiser: Pseudonymiser,
+    opt_out: OptOutList,
+    deprivation: DeprivationLookup,
+}
+
+impl References {
+    fn context(&self, source: &SourceName) -> Context<'_> {
+        Context {
+            pseudonymiser: &self.pseudonymiser,
+            opt_out: &self.opt_out,
+            deprivation: &self.deprivation,
+            source: source.clone(),
+            recorded_at: Utc::now(),
+        }
+    }
 }
 
 /// A file's size and modification time at one look.
@@ -153,9 +171,11 @@ impl Ingest {
         let producer = EventProducer::new(&cfg.kafka, &metrics)?;
         Ok(Ingest {
             cfg,
-            pseudonymiser,
-            opt_out,
-            deprivation,
+            refs: Arc::new(References {
+                pseudonymiser,
+                opt_out,
+                deprivation,
+            }),
             producer,
             metrics,
             push_token,
@@ -370,38 +390,70 @@ impl Ingest {
         Ok(Some(report(Some(counts))))
     }
 
-    /// Sends one file, reading it as it goes: memory is bounded by a chunk of
-    /// records and the producer's queue, not by the file's size.
+    /// Sends one file, reading it as it goes: memory is bounded by a few
+    /// chunks of records and the producer's queue, not by the file's size.
+    /// A thread of its own parses, validates and pseudonymises while this task
+    /// serialises and hands messages to the producer, so the two overlap.
     async fn stream_file(
         &self,
         connector: &ConnectorConfig,
         path: &Path,
         name: &str,
     ) -> Result<Counts, IngestError> {
-        /// Records parsed, counted and handed to the producer at a time.
-        const CHUNK: usize = 4096;
+        /// Records parsed and handed over at a time, and chunks in the channel.
+        const CHUNK: usize = 2048;
+        const CHUNKS: usize = 4;
         let file = std::fs::File::open(path).map_err(io_error(path))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or_default();
-        let input = std::io::BufReader::with_capacity(1 << 20, file);
-        let cx = self.context(&connector.name);
         let source = connector.name.as_str();
-        let mut records = crate::sources::records(connector.format, input, name, &cx);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(Location, Outcome)>>(CHUNKS);
+        let parser = {
+            let (refs, format, name, source) = (
+                self.refs.clone(),
+                connector.format,
+                name.to_string(),
+                connector.name.clone(),
+            );
+            std::thread::Builder::new()
+                .name("pathflow-parse".into())
+                .spawn(move || {
+                    let cx = refs.context(&source);
+                    let input = std::io::BufReader::with_capacity(1 << 20, file);
+                    let mut records = crate::sources::records(format, input, &name, &cx);
+                    loop {
+                        let chunk: Vec<_> = records.by_ref().take(CHUNK).collect();
+                        // An empty chunk is the end; a closed channel, that sending failed.
+                        if chunk.is_empty() || tx.blocking_send(chunk).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(io_error(path))?
+        };
         let mut sending = self.producer.sending();
         let mut rejected: Vec<(u64, FieldError)> = Vec::new();
-        let mut chunk = Vec::with_capacity(CHUNK);
-        loop {
-            chunk.extend(records.by_ref().take(CHUNK));
-            if chunk.is_empty() {
-                break;
-            }
+        let mut sent = Ok(());
+        'chunks: while let Some(chunk) = rx.recv().await {
             self.metrics.records(source, 0, &chunk);
             for (location, outcome) in &chunk {
                 if let Outcome::Rejected(r) = outcome {
                     rejected.push((location.line, r.error.clone()));
                 }
-                sending.send(outcome).await?;
+                if let Err(e) = sending.send(outcome).await {
+                    sent = Err(e);
+                    break 'chunks;
+                }
             }
-            chunk.clear();
+        }
+        drop(rx);
+        // The parser stops at its next chunk once the channel is closed.
+        let parsed = parser.join();
+        sent?;
+        if parsed.is_err() {
+            return Err(IngestError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("the parser thread panicked"),
+            });
         }
         self.metrics.source_bytes(source, bytes);
         // Quarantine before waiting for the broker: should producing fail, the
@@ -419,13 +471,7 @@ impl Ingest {
     }
 
     fn context(&self, source: &SourceName) -> Context<'_> {
-        Context {
-            pseudonymiser: &self.pseudonymiser,
-            opt_out: &self.opt_out,
-            deprivation: &self.deprivation,
-            source: source.clone(),
-            recorded_at: Utc::now(),
-        }
+        self.refs.context(source)
     }
 
     /// Records `now` as the latest look at `path`, returning the one before.
