@@ -34,6 +34,14 @@ pub struct IngestConfig {
     /// Where `/metrics` is served, when wanted.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Records of a file between in-progress checkpoints (each waits for the
+    /// broker's acknowledgement of everything sent so far).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every_records: u64,
+}
+
+fn default_checkpoint_every() -> u64 {
+    50_000
 }
 
 /// Where the key comes from and what it is called.

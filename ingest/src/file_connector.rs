@@ -5,8 +5,12 @@
 //! SHA-256 is recorded under `state_dir/checkpoints/`; a restart skips files
 //! whose content is already recorded and reads changed ones again (their
 //! unchanged records repeat their event ids, which downstream counts once).
-//! A crash mid-file re-sends that file on restart: nothing is lost, and the
-//! repeats carry ids already seen.
+//! Within a file, every `checkpoint_every_records` records the connector
+//! waits until the broker has acknowledged everything sent so far and records
+//! how many records that covers: a restart after a crash mid-file resumes
+//! after them, so it neither skips a record nor re-sends an acknowledged one
+//! (only messages sent after the last such checkpoint can go twice, with the
+//! ids they had).
 //!
 //! Quarantine: rejected records' raw lines are kept in
 //! `state_dir/quarantine/<source>/<file>` with a `.reasons.csv` beside it, so
@@ -94,16 +98,26 @@ impl std::fmt::Display for FileReport {
                 "{} {file}: already sent (checkpoint), skipped",
                 self.source
             ),
-            Some(c) => write!(
-                f,
-                "{} {file}: {} records read, {} accepted ({} events), {} rejected to dead letters, {} opted out",
-                self.source,
-                c.accepted + c.rejected + c.opted_out,
-                c.accepted,
-                c.events,
-                c.rejected,
-                c.opted_out
-            ),
+            Some(c) => {
+                write!(
+                    f,
+                    "{} {file}: {} records read, {} accepted ({} events), {} rejected to dead letters, {} opted out",
+                    self.source,
+                    c.accepted + c.rejected + c.opted_out,
+                    c.accepted,
+                    c.events,
+                    c.rejected,
+                    c.opted_out
+                )?;
+                if c.resumed > 0 {
+                    write!(
+                        f,
+                        "; {} already acknowledged before a restart, not sent again",
+                        c.resumed
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -119,6 +133,30 @@ pub struct Ingest {
     push_token: Option<crate::http_connector::BearerToken>,
     /// What each file looked like at the last look, and whether it was handled then.
     looks: std::sync::Mutex<HashMap<PathBuf, Look>>,
+}
+
+/// What a connector's checkpoint file says of one file (by path).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Checkpoint {
+    /// Every record of the content with this SHA-256 is acknowledged.
+    Sent(String),
+    /// The first `records` records of the content with this SHA-256 are acknowledged.
+    Partial {
+        /// The content's SHA-256.
+        sha256: String,
+        /// Records acknowledged, from the first.
+        records: u64,
+    },
+}
+
+/// Where a file's in-progress checkpoint goes, and where it resumes.
+struct Progress<'a> {
+    checkpoints: &'a Path,
+    key: String,
+    sha256: String,
+    /// Records acknowledged before a restart: read again but not sent.
+    resume_from: u64,
 }
 
 /// The key and reference data every record is read with.
@@ -337,7 +375,7 @@ impl Ingest {
         connector: &ConnectorConfig,
         path: &Path,
         checkpoints: &Path,
-        done: &mut BTreeMap<String, String>,
+        done: &mut BTreeMap<String, Checkpoint>,
     ) -> Result<Option<FileReport>, IngestError> {
         let meta = std::fs::metadata(path).map_err(io_error(path))?;
         let now = Look {
@@ -364,7 +402,12 @@ impl Ingest {
             file: path.to_path_buf(),
             counts,
         };
-        if done.get(&key) == Some(&digest) {
+        let resume_from = match done.get(&key) {
+            Some(Checkpoint::Sent(d)) if *d == digest => None,
+            Some(Checkpoint::Partial { sha256, records }) if *sha256 == digest => Some(*records),
+            _ => Some(0),
+        };
+        let Some(resume_from) = resume_from else {
             self.metrics.file(connector.name.as_str(), false);
             self.look(
                 path,
@@ -374,10 +417,18 @@ impl Ingest {
                 },
             );
             return Ok(Some(report(None)));
-        }
+        };
         let name = relative_name(&connector.path, path);
-        let counts = self.stream_file(connector, path, &name).await?;
-        done.insert(key, digest);
+        let progress = Progress {
+            checkpoints,
+            key: key.clone(),
+            sha256: digest.clone(),
+            resume_from,
+        };
+        let counts = self
+            .stream_file(connector, path, &name, progress, done)
+            .await?;
+        done.insert(key, Checkpoint::Sent(digest));
         write_checkpoints(checkpoints, done)?;
         self.metrics.file(connector.name.as_str(), true);
         self.look(
@@ -399,6 +450,8 @@ impl Ingest {
         connector: &ConnectorConfig,
         path: &Path,
         name: &str,
+        progress: Progress<'_>,
+        done: &mut BTreeMap<String, Checkpoint>,
     ) -> Result<Counts, IngestError> {
         /// Records parsed and handed over at a time, and chunks in the channel.
         const CHUNK: usize = 2048;
@@ -432,16 +485,42 @@ impl Ingest {
         };
         let mut sending = self.producer.sending();
         let mut rejected: Vec<(u64, FieldError)> = Vec::new();
-        let mut sent = Ok(());
+        let every = self.cfg.checkpoint_every_records.max(1);
+        let mut read = 0u64;
+        let mut sent: Result<(), IngestError> = Ok(());
         'chunks: while let Some(chunk) = rx.recv().await {
             self.metrics.records(source, 0, &chunk);
             for (location, outcome) in &chunk {
+                // Quarantine keeps every rejected record of the file, resumed or not.
                 if let Outcome::Rejected(r) = outcome {
                     rejected.push((location.line, r.error.clone()));
                 }
+                read += 1;
+                if read <= progress.resume_from {
+                    sending.skip(outcome);
+                    continue;
+                }
                 if let Err(e) = sending.send(outcome).await {
-                    sent = Err(e);
+                    sent = Err(e.into());
                     break 'chunks;
+                }
+                if read.is_multiple_of(every) {
+                    // Everything up to here acknowledged: a restart resumes after it.
+                    if let Err(e) = sending.barrier().await {
+                        sent = Err(e.into());
+                        break 'chunks;
+                    }
+                    done.insert(
+                        progress.key.clone(),
+                        Checkpoint::Partial {
+                            sha256: progress.sha256.clone(),
+                            records: read,
+                        },
+                    );
+                    if let Err(e) = write_checkpoints(progress.checkpoints, done) {
+                        sent = Err(e);
+                        break 'chunks;
+                    }
                 }
             }
         }
@@ -637,7 +716,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn read_checkpoints(path: &Path) -> Result<BTreeMap<String, String>, IngestError> {
+fn read_checkpoints(path: &Path) -> Result<BTreeMap<String, Checkpoint>, IngestError> {
     match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text).map_err(|e| IngestError::Io {
             path: path.to_path_buf(),
@@ -651,7 +730,7 @@ fn read_checkpoints(path: &Path) -> Result<BTreeMap<String, String>, IngestError
     }
 }
 
-fn write_checkpoints(path: &Path, done: &BTreeMap<String, String>) -> Result<(), IngestError> {
+fn write_checkpoints(path: &Path, done: &BTreeMap<String, Checkpoint>) -> Result<(), IngestError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     }

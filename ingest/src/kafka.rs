@@ -178,6 +178,8 @@ pub struct Counts {
     pub events: u64,
     /// Events skipped because an identical event (same id) was already sent in this batch.
     pub duplicates: u64,
+    /// Records of a file acknowledged before a restart, counted above but not sent again.
+    pub resumed: u64,
 }
 
 /// The idempotent producer of events and dead letters.
@@ -303,8 +305,36 @@ impl Sending<'_> {
         Ok(())
     }
 
+    /// Counts a record acknowledged before a restart without sending it again
+    /// (its event ids still count as sent, so a later duplicate is not sent).
+    pub fn skip(&mut self, outcome: &Outcome) {
+        self.counts.resumed += 1;
+        match outcome {
+            Outcome::OptedOut => self.counts.opted_out += 1,
+            Outcome::Rejected(_) => self.counts.rejected += 1,
+            Outcome::Events(events) => {
+                self.counts.accepted += 1;
+                for event in events {
+                    if let Ok(id) = u128::from_str_radix(event.envelope.event_id.as_str(), 16) {
+                        self.sent.insert(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the broker has acknowledged every message sent so far.
+    pub async fn barrier(&mut self) -> Result<(), ProduceError> {
+        self.settled().await
+    }
+
     /// Waits until the broker has acknowledged every message sent, and counts them.
     pub async fn finish(self) -> Result<Counts, ProduceError> {
+        self.settled().await?;
+        Ok(self.counts)
+    }
+
+    async fn settled(&self) -> Result<(), ProduceError> {
         loop {
             let settled = self.acks.settled.notified();
             if self.acks.pending.load(Ordering::Acquire) == 0 {
@@ -320,7 +350,7 @@ impl Sending<'_> {
             .take();
         match failure {
             Some((topic, source)) => Err(ProduceError::Delivery { topic, source }),
-            None => Ok(self.counts),
+            None => Ok(()),
         }
     }
 }

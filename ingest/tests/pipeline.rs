@@ -747,3 +747,135 @@ async fn a_broker_outage_mid_ingest_loses_nothing_and_duplicates_nothing() {
     }
     assert_eq!(ids.len() as u64, counts.events, "every event arrived");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_mid_file_resumes_after_its_last_checkpoint() {
+    let Some(brokers) = brokers() else {
+        println!("skipped: set PATHFLOW_TEST_BROKERS or run scripts/test");
+        return;
+    };
+    set_key();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    simulate(&out, 60_000, 8, 0.0);
+    let book = out.join("gp/appointments.csv");
+    let mut cfg = config(
+        &brokers,
+        &unique("resume"),
+        &out,
+        &dir.path().join("state"),
+        &[(
+            "gp:appointments".into(),
+            "gp_appointments",
+            book.clone(),
+            false,
+        )],
+    );
+    cfg.checkpoint_every_records = 1_000;
+    let dead_letters = cfg.kafka.dead_letter_topic();
+    let topics: Vec<String> = cfg
+        .kafka
+        .topics()
+        .into_iter()
+        .filter(|t| *t != dead_letters)
+        .collect();
+    let checkpoint_file = dir.path().join("state/checkpoints/gp_appointments.json");
+    let checkpoint = || -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(&checkpoint_file).ok()?;
+        let all: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(all[book.display().to_string()].clone())
+    };
+
+    // A first run, stopped as a crash would stop it, a few checkpoints in.
+    let first = Arc::new(Ingest::build(cfg.clone()).unwrap());
+    let running = first.clone();
+    let task = tokio::spawn(async move { running.run_once().await });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while checkpoint()
+        .and_then(|c| c["records"].as_u64())
+        .is_none_or(|n| n < 5_000)
+    {
+        assert!(Instant::now() < deadline, "no checkpoint was written");
+        assert!(
+            !task.is_finished(),
+            "the file was sent before it could be stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    drop(first);
+    let resumed_at = checkpoint().unwrap()["records"]
+        .as_u64()
+        .expect("the file is still in progress");
+
+    // The restart resumes after the checkpoint and finishes the file.
+    let second = Ingest::build(cfg).unwrap();
+    let reports = second.run_once().await.unwrap();
+    let counts = reports[0].counts.unwrap();
+    assert_eq!(counts.resumed, resumed_at, "{}", reports[0]);
+    assert_eq!(
+        counts.accepted + counts.rejected + counts.opted_out,
+        data_lines(&book)
+    );
+    assert!(
+        reports[0]
+            .to_string()
+            .contains("already acknowledged before a restart")
+    );
+    assert!(checkpoint().unwrap().is_string(), "the file is marked sent");
+
+    // What should be on the topics: the events of every record, read the same way.
+    let pseudonymiser = Pseudonymiser::load(
+        &KeySource::Env(KEY_VAR.into()),
+        KeyId::parse("pipeline-test").unwrap(),
+    )
+    .unwrap();
+    let opt_out = pathflow_ingest::reference::OptOutList::load(
+        &out.join("reference/national_data_opt_out.csv"),
+    )
+    .unwrap();
+    let deprivation = pathflow_ingest::reference::DeprivationLookup::load(
+        &out.join("reference/postcode_deprivation.csv"),
+    )
+    .unwrap();
+    let cx = pathflow_ingest::sources::Context {
+        pseudonymiser: &pseudonymiser,
+        opt_out: &opt_out,
+        deprivation: &deprivation,
+        source: pathflow_schemas::SourceName::parse("gp:appointments").unwrap(),
+        recorded_at: chrono::Utc::now(),
+    };
+    let outcomes = pathflow_ingest::sources::read_csv::<
+        pathflow_ingest::sources::gp_appointments::GpAppointments,
+        _,
+    >(std::fs::File::open(&book).unwrap(), "appointments.csv", &cx);
+    let ids_of = |outcomes: &[(
+        pathflow_ingest::record::Location,
+        pathflow_ingest::sources::Outcome,
+    )]| {
+        let mut ids = HashSet::new();
+        for (_, o) in outcomes {
+            if let pathflow_ingest::sources::Outcome::Events(events) = o {
+                ids.extend(events.iter().map(|e| e.envelope.event_id.clone()));
+            }
+        }
+        ids
+    };
+    let all = ids_of(&outcomes);
+    let before = ids_of(&outcomes[..resumed_at as usize]);
+
+    let messages = consume(&brokers, &topics, all.len(), Duration::from_secs(120)).await;
+    let mut seen: HashMap<_, usize> = HashMap::new();
+    for (_, _, payload) in &messages {
+        let event: Event = serde_json::from_slice(payload).unwrap();
+        *seen.entry(event.envelope.event_id).or_default() += 1;
+    }
+    let missing = all.iter().filter(|id| !seen.contains_key(*id)).count();
+    assert_eq!(missing, 0, "events skipped by the restart");
+    let resent = before.iter().filter(|id| seen[*id] > 1).count();
+    assert_eq!(
+        resent, 0,
+        "acknowledged events sent again after the restart"
+    );
+}
