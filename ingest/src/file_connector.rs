@@ -6,11 +6,11 @@
 //! whose content is already recorded and reads changed ones again (their
 //! unchanged records repeat their event ids, which downstream counts once).
 //! Within a file, every `checkpoint_every_records` records the connector
-//! waits until the broker has acknowledged everything sent so far and records
-//! how many records that covers: a restart after a crash mid-file resumes
-//! after them, so it neither skips a record nor re-sends an acknowledged one
-//! (only messages sent after the last such checkpoint can go twice, with the
-//! ids they had).
+//! marks its place, and once the broker has acknowledged every message up to
+//! a mark (checked as it goes, never waited for), records how many records
+//! that covers: a restart after a crash mid-file resumes after them, so it
+//! neither skips a record nor re-sends an acknowledged one (only messages
+//! sent after the last recorded mark can go twice, with the ids they had).
 //!
 //! Quarantine: rejected records' raw lines are kept in
 //! `state_dir/quarantine/<source>/<file>` with a `.reasons.csv` beside it, so
@@ -505,19 +505,27 @@ impl Ingest {
                     break 'chunks;
                 }
                 if read.is_multiple_of(every) {
-                    // Everything up to here acknowledged: a restart resumes after it.
-                    if let Err(e) = sending.barrier().await {
-                        sent = Err(e.into());
-                        break 'chunks;
-                    }
-                    done.insert(
-                        progress.key.clone(),
-                        Checkpoint::Partial {
-                            sha256: progress.sha256.clone(),
-                            records: read,
-                        },
-                    );
-                    if let Err(e) = write_checkpoints(progress.checkpoints, done) {
+                    // Once everything up to a mark is acknowledged, a restart
+                    // resumes after it. Marks are checked, not waited for.
+                    sending.mark(read);
+                    let checkpointed =
+                        sending
+                            .acknowledged()
+                            .map_err(IngestError::from)
+                            .and_then(|n| match n {
+                                Some(records) => {
+                                    done.insert(
+                                        progress.key.clone(),
+                                        Checkpoint::Partial {
+                                            sha256: progress.sha256.clone(),
+                                            records,
+                                        },
+                                    );
+                                    write_checkpoints(progress.checkpoints, done)
+                                }
+                                None => Ok(()),
+                            });
+                    if let Err(e) = checkpointed {
                         sent = Err(e);
                         break 'chunks;
                     }

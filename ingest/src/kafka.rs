@@ -6,7 +6,7 @@
 //! keeps retrying, and when its bounded queue is full, sending waits rather
 //! than dropping or growing memory.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -264,6 +264,8 @@ pub struct Sending<'p> {
     /// Ids of the events sent so far (as numbers: 16 bytes each, not a string).
     sent: HashSet<u128, BuildHasherDefault<IdHasher>>,
     acks: Arc<Acks>,
+    /// Earlier generations of acks, each with the records it completes.
+    marks: VecDeque<(u64, Arc<Acks>)>,
     /// Reused for every message's JSON.
     buf: Vec<u8>,
 }
@@ -323,35 +325,55 @@ impl Sending<'_> {
         }
     }
 
-    /// Waits until the broker has acknowledged every message sent so far.
-    pub async fn barrier(&mut self) -> Result<(), ProduceError> {
-        self.settled().await
+    /// Marks the messages sent so far as those of the first `records`
+    /// records: [`Sending::acknowledged`] says when the broker has them all.
+    /// Sending goes on meanwhile (each mark starts a new generation of acks).
+    pub fn mark(&mut self, records: u64) {
+        let done = std::mem::take(&mut self.acks);
+        self.marks.push_back((records, done));
+    }
+
+    /// The largest mark all of whose messages (and every earlier mark's) the
+    /// broker has acknowledged, if one became so since the last call.
+    pub fn acknowledged(&mut self) -> Result<Option<u64>, ProduceError> {
+        let mut latest = None;
+        while let Some((records, acks)) = self.marks.front() {
+            if acks.pending.load(Ordering::Acquire) > 0 {
+                break;
+            }
+            failed(acks)?;
+            latest = Some(*records);
+            self.marks.pop_front();
+        }
+        Ok(latest)
     }
 
     /// Waits until the broker has acknowledged every message sent, and counts them.
     pub async fn finish(self) -> Result<Counts, ProduceError> {
-        self.settled().await?;
+        for acks in self.marks.iter().map(|(_, a)| a).chain([&self.acks]) {
+            loop {
+                let settled = acks.settled.notified();
+                if acks.pending.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                settled.await;
+            }
+            failed(acks)?;
+        }
         Ok(self.counts)
     }
+}
 
-    async fn settled(&self) -> Result<(), ProduceError> {
-        loop {
-            let settled = self.acks.settled.notified();
-            if self.acks.pending.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            settled.await;
-        }
-        let failure = self
-            .acks
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        match failure {
-            Some((topic, source)) => Err(ProduceError::Delivery { topic, source }),
-            None => Ok(()),
-        }
+/// The first permanent failure among `acks`' messages, as an error.
+fn failed(acks: &Acks) -> Result<(), ProduceError> {
+    let failure = acks
+        .failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match failure {
+        Some((topic, source)) => Err(ProduceError::Delivery { topic, source }),
+        None => Ok(()),
     }
 }
 
@@ -415,6 +437,7 @@ impl EventProducer {
             counts: Counts::default(),
             sent: HashSet::default(),
             acks: Arc::default(),
+            marks: VecDeque::new(),
             buf: Vec::with_capacity(1024),
         }
     }
