@@ -8,7 +8,7 @@
 //! Needs `PATHFLOW_TEST_BROKERS` (`scripts/test` starts tansu and sets it).
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use pathflow_ingest::kafka::{EventProducer, KafkaConfig, ensure_topics};
@@ -19,65 +19,9 @@ use pathflow_ingest::sources::pas_referrals::PasReferrals;
 use pathflow_ingest::sources::{Context, read_csv};
 use pathflow_schemas::{Event, Family, SourceName};
 use pathflow_simulate::SimConfig;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
 
 mod common;
-use common::{collect_strings, leaks};
-
-fn brokers() -> Option<String> {
-    match std::env::var("PATHFLOW_TEST_BROKERS") {
-        Ok(b) if !b.trim().is_empty() => Some(b),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!(
-                "PATHFLOW_TEST_BROKERS is not set, and on CI the Kafka tests must run: use scripts/test"
-            )
-        }
-        _ => None,
-    }
-}
-
-/// Reads every message on `topics` from the start until `want` have arrived
-/// (or a minute passes), then listens two seconds more for any extra.
-async fn consume(brokers: &str, topics: &[String], want: usize) -> Vec<(String, Vec<u8>, Vec<u8>)> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("pathflow-e2e-{nanos}"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut got = Vec::new();
-    while got.len() < want {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(next) = tokio::time::timeout(left, consumer.recv()).await else {
-            break;
-        };
-        if let Ok(m) = next {
-            got.push((
-                m.topic().to_string(),
-                m.key().unwrap_or_default().to_vec(),
-                m.payload().unwrap_or_default().to_vec(),
-            ));
-        }
-    }
-    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
-        got.push((
-            m.topic().to_string(),
-            m.key().unwrap_or_default().to_vec(),
-            m.payload().unwrap_or_default().to_vec(),
-        ));
-    }
-    got
-}
+use common::{collect_strings, consume_topics as consume, leaks, test_brokers as brokers};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn referral_extract_reaches_kafka_exactly_once_and_identifier_free() {

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use pathflow_ingest::config::IngestConfig;
 use pathflow_ingest::file_connector::{FileReport, Ingest};
@@ -27,36 +27,13 @@ use pathflow_ingest::metrics::MetricsConfig;
 use pathflow_ingest::pseudonymise::{KeySource, Pseudonymiser};
 use pathflow_schemas::{Event, KeyId, NhsNumber};
 use pathflow_simulate::SimConfig;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
 
 mod common;
-use common::{collect_strings, leaks};
+use common::{collect_strings, consume_within as consume, leaks, test_brokers as brokers, unique};
 
 /// A made-up test key (64 hex digits), set in the environment of this test process.
 const KEY_VAR: &str = "PATHFLOW_PIPELINE_TEST_KEY";
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
-fn brokers() -> Option<String> {
-    match std::env::var("PATHFLOW_TEST_BROKERS") {
-        Ok(b) if !b.trim().is_empty() => Some(b),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!(
-                "PATHFLOW_TEST_BROKERS is not set; on CI the Kafka tests must run: use scripts/test"
-            )
-        }
-        _ => None,
-    }
-}
-
-fn unique(label: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{label}{nanos}")
-}
 
 fn simulate(out: &Path, population: u32, weeks: u32, bad_record_rate: f64) {
     let mut cfg = SimConfig::new(out.to_path_buf());
@@ -143,49 +120,6 @@ fn set_key() {
     // SAFETY: set before any thread of this test reads the environment; every
     // test of this file sets the same value.
     unsafe { std::env::set_var(KEY_VAR, KEY) };
-}
-
-/// Reads every message on `topics` from the start until `want` have arrived
-/// (or `patience` passes), then listens two seconds more for any extra.
-async fn consume(
-    brokers: &str,
-    topics: &[String],
-    want: usize,
-    patience: Duration,
-) -> Vec<(String, Vec<u8>, Vec<u8>)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("pipeline-test-"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs).unwrap();
-    let deadline = Instant::now() + patience;
-    let mut got = Vec::new();
-    let mut push = |m: &rdkafka::message::BorrowedMessage<'_>| {
-        got.push((
-            m.topic().to_string(),
-            m.key().unwrap_or_default().to_vec(),
-            m.payload().unwrap_or_default().to_vec(),
-        ))
-    };
-    let mut n = 0;
-    while n < want {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(next) = tokio::time::timeout(left, consumer.recv()).await else {
-            break;
-        };
-        if let Ok(m) = next {
-            push(&m);
-            n += 1;
-        }
-    }
-    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
-        push(&m);
-    }
-    got
 }
 
 /// The identifiers of every CSV source file: NHS numbers, UBRNs, hospital

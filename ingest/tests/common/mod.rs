@@ -251,6 +251,16 @@ pub type Message = (String, Vec<u8>, Vec<u8>);
 /// Reads every message on `topics` from the start until `want` have arrived
 /// (or a minute passes), then listens two seconds more for any extra.
 pub async fn consume_topics(brokers: &str, topics: &[String], want: usize) -> Vec<Message> {
+    consume_within(brokers, topics, want, std::time::Duration::from_secs(60)).await
+}
+
+/// [`consume_topics`], waiting up to `patience` for the `want` messages.
+pub async fn consume_within(
+    brokers: &str,
+    topics: &[String],
+    want: usize,
+    patience: std::time::Duration,
+) -> Vec<Message> {
     use rdkafka::ClientConfig;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Message as _;
@@ -272,7 +282,7 @@ pub async fn consume_topics(brokers: &str, topics: &[String], want: usize) -> Ve
             m.payload().unwrap_or_default().to_vec(),
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + patience;
     let mut got = Vec::new();
     while got.len() < want {
         let left = deadline.saturating_duration_since(Instant::now());
