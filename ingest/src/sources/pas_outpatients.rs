@@ -368,8 +368,10 @@ impl CsvFormat for PasFollowups {
             treatment_function: Some(tf),
         };
         let key = format!("{scope}|{followup}");
+        // A later extract may move the due date or put the follow-up on PIFU:
+        // that is a new fact with its own id, not a silent rewrite of the old one.
         let mut events = vec![cx.event(
-            &key,
+            &format!("{key}|{due_date}|{}", if pifu { "pifu" } else { "booked" }),
             start_of_day_utc(requested),
             &orgs,
             Payload::FollowupRequired(FollowupRequired {
@@ -617,6 +619,28 @@ mod tests {
             panic!("{:?}", out[1]);
         };
         assert_eq!(c.reason, FollowupCancelReason::PifuPeriodEnded);
+    }
+
+    #[test]
+    fn a_moved_due_date_is_a_new_requirement_and_a_resent_row_is_not() {
+        let row = |due: &str, pifu: &str| {
+            format!(
+                "FU300003,123456789012,9990000018,1960-05-01,Female,QX1 0AA,R9A,110,2025-03-01,{due},{pifu},Waiting,,,"
+            )
+        };
+        let out = read::<PasFollowups>(
+            FOLLOWUP_HEADER,
+            &[
+                &row("2025-03-29", "N"),
+                &row("2025-03-29", "N"),
+                &row("2025-04-26", "N"),
+                &row("2025-04-26", "Y"),
+            ],
+        );
+        let id = |o: &Outcome| events(o)[0].envelope.event_id.clone();
+        assert_eq!(id(&out[0]), id(&out[1]), "the same row repeats its id");
+        assert_ne!(id(&out[0]), id(&out[2]), "a moved due date is a new fact");
+        assert_ne!(id(&out[2]), id(&out[3]), "a move to PIFU is a new fact");
     }
 
     #[test]
