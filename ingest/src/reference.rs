@@ -8,7 +8,9 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use pathflow_schemas::{Decile, NhsNumber};
+use pathflow_schemas::{Decile, KeyId, NhsNumber, PseudoId};
+
+use crate::pseudonymise::Pseudonymiser;
 
 /// Why a reference file could not be loaded. Messages name the file and line
 /// and say what to fix; they never repeat an NHS number or a postcode.
@@ -93,6 +95,9 @@ pub struct OptOutList {
     /// The ten digits as a number: an eighth of the memory of strings, and
     /// nothing printable by accident.
     numbers: HashSet<u64>,
+    /// The patients' pseudonyms under one key, made the first time they are
+    /// asked for (for events that arrive already pseudonymised).
+    pseudonyms: std::sync::OnceLock<(KeyId, HashSet<PseudoId>)>,
 }
 
 impl fmt::Debug for OptOutList {
@@ -136,12 +141,36 @@ impl OptOutList {
             })?;
             numbers.insert(as_number(&nhs));
         }
-        Ok(Self { numbers })
+        Ok(Self {
+            numbers,
+            pseudonyms: Default::default(),
+        })
     }
 
     /// True if this patient opted out.
     pub fn contains(&self, nhs: &NhsNumber) -> bool {
         self.numbers.contains(&as_number(nhs))
+    }
+
+    /// True if `patient`, a pseudonym made under `pseudonymiser`'s key, is
+    /// that of a patient who opted out. The list's pseudonyms are made once
+    /// per key (an HMAC per listed patient) and kept.
+    pub fn contains_pseudonym(&self, patient: &PseudoId, pseudonymiser: &Pseudonymiser) -> bool {
+        let make = || -> HashSet<PseudoId> {
+            self.numbers
+                .iter()
+                .filter_map(|n| NhsNumber::parse(&format!("{n:010}")).ok())
+                .map(|nhs| pseudonymiser.patient(&nhs))
+                .collect()
+        };
+        let (key, ids) = self
+            .pseudonyms
+            .get_or_init(|| (pseudonymiser.key_id().clone(), make()));
+        if key == pseudonymiser.key_id() {
+            ids.contains(patient)
+        } else {
+            make().contains(patient)
+        }
     }
 
     /// How many distinct NHS numbers the list holds.
@@ -160,6 +189,7 @@ impl FromIterator<NhsNumber> for OptOutList {
     fn from_iter<I: IntoIterator<Item = NhsNumber>>(iter: I) -> Self {
         Self {
             numbers: iter.into_iter().map(|n| as_number(&n)).collect(),
+            pseudonyms: Default::default(),
         }
     }
 }

@@ -32,9 +32,11 @@
 //!   under another key would not join with this connector's.
 //! - The event keeps its own `event_id` (its producer derived it
 //!   deterministically), `source` and `recorded_at`.
-//! - The National Data Opt-out is the sender's to apply: an event carries
-//!   pseudonyms, not the NHS number the opt-out list holds, so no line is
-//!   counted as opted out here.
+//! - The National Data Opt-out: an event whose patient pseudonym is that of a
+//!   patient on the opt-out list (pseudonymised under the connector's key) is
+//!   dropped and counted as opted out. Events that name no patient (an
+//!   attendance, a triage) cannot be linked to one here: the sender applies
+//!   the opt-out to them, as it must to everything it pseudonymises.
 //! - Blank lines are skipped; a UTF-8 byte order mark and CRLF line ends are fine.
 //!
 //! A rejection names the 1-based line and the JSON path of the field at fault
@@ -68,6 +70,20 @@ pub fn read_ndjson(bytes: &[u8], file: &str, cx: &Context<'_>) -> Vec<(Location,
         }
         let line = i as u64 + 1;
         out.push(match read_line(raw, cx) {
+            Ok(event)
+                if event
+                    .payload
+                    .patient()
+                    .is_some_and(|p| cx.opt_out.contains_pseudonym(&p.id, cx.pseudonymiser)) =>
+            {
+                (
+                    Location {
+                        file: file.to_string(),
+                        line,
+                    },
+                    Outcome::OptedOut,
+                )
+            }
             Ok(event) => (
                 Location {
                     file: file.to_string(),
@@ -395,6 +411,23 @@ mod tests {
             assert_eq!(loc.line, i as u64 + 1);
             assert_eq!(outcome, &Outcome::Events(vec![sent.clone()]));
         }
+    }
+
+    #[test]
+    fn events_of_an_opted_out_patient_are_dropped() {
+        let opted_out = crate::pseudonymise::Pseudonymiser::for_tests("ndjson").patient(
+            &pathflow_schemas::NhsNumber::parse(crate::sources::testing::OPTED_OUT).unwrap(),
+        );
+        let event = samples()
+            .into_iter()
+            .find(|e| e.payload.patient().is_some())
+            .unwrap();
+        let mut value = serde_json::to_value(&event).unwrap();
+        value["data"]["patient"]["id"] = opted_out.as_str().into();
+        let text = format!("{}\n{}\n", value, line_of(&event));
+        let out = read(text.as_bytes());
+        assert_eq!(out[0].1, Outcome::OptedOut);
+        assert_eq!(out[1].1, Outcome::Events(vec![event]));
     }
 
     #[test]
