@@ -9,6 +9,21 @@
 //! The implementation arrives with the transform issue; the crate exists now
 //! so the workspace layout and the dependency set (deltalake, datafusion,
 //! arrow, parquet) are fixed and built by CI from the start.
+//!
+//! - [`bronze`]: Kafka messages → Arrow batches of the bronze `events` table;
+//!   messages that are not events come back as typed rejections.
+//! - [`commit`]: the exactly-once protocol (`COMMIT_PROTOCOL.md`): the
+//!   [`commit::BronzeWriter`] commits data files and per-partition Kafka
+//!   offsets (`txn` actions) in one Delta transaction and resumes from them.
+//! - [`rules`]: the domain rules (RTT waits and percentiles, GPAD bands, DNA
+//!   rate, new:follow-up, overdue follow-ups, A&G), one tested function each.
+//! - [`fold`]: entity state (referrals, appointments, slots, follow-ups, A&G)
+//!   folded from events, independent of delivery order and duplicates.
+
+pub mod bronze;
+pub mod commit;
+pub mod fold;
+pub mod rules;
 
 /// The bronze table's name.
 pub const BRONZE_TABLE: &str = pathflow_schemas::bronze::EVENTS_TABLE;
