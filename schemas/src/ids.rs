@@ -23,9 +23,17 @@ macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, rule: $rule:literal, pattern: $pattern:literal,
      normalise: $norm:expr, valid: $valid:expr, echo: $echo:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        // Written as the string it holds. (Not `#[serde(into = "String")]`,
+        // which clones the value, an allocation per id per event serialised.)
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// Checks `text` and wraps it.

@@ -27,8 +27,8 @@ pub struct Patient {
 
 /// A 5-year age band `0-4` … `85-89`, then `90+` (older ages are pooled so
 /// that very old patients are not singled out).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct AgeBand(u8);
 
 /// The top band; everyone this age or older shares it.
@@ -88,6 +88,14 @@ impl TryFrom<String> for AgeBand {
             Some(b) if b.to_string() == s => Ok(b),
             _ => Err(AgeBandError(s)),
         }
+    }
+}
+
+// Written through `Display`, without the `String` that
+// `#[serde(into = "String")]` would allocate for every value serialised.
+impl Serialize for AgeBand {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 

@@ -9,8 +9,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 /// An ISO week, written `2025-W07`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Week {
     year: i32,
     week: u32,
@@ -102,6 +102,14 @@ impl TryFrom<String> for Week {
     type Error = WeekError;
     fn try_from(s: String) -> Result<Self, WeekError> {
         Week::parse(&s)
+    }
+}
+
+// Written through `Display`, without the `String` that
+// `#[serde(into = "String")]` would allocate for every value serialised.
+impl Serialize for Week {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
