@@ -32,6 +32,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Consume the event topics into the tables (bronze so far), exactly once; runs until Ctrl-C.
+    Transform {
+        /// The TOML config (see deploy/transform.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Write the JSON Schema of every event type into a directory.
     Schemas {
         /// Directory to write `*.schema.json` into (stale ones are removed).
@@ -105,11 +111,40 @@ fn ingest(config: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn transform(config: PathBuf) -> anyhow::Result<()> {
+    use pathflow_transform::run::{TransformConfig, TransformMetrics, run, serve_metrics};
+    let cfg = TransformConfig::load(&config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let metrics = TransformMetrics::new();
+        if let Some(m) = &cfg.metrics {
+            let listener = tokio::net::TcpListener::bind(m.listen)
+                .await
+                .with_context(|| format!("binding metrics.listen {}", m.listen))?;
+            tokio::spawn(serve_metrics(listener, metrics.clone()));
+        }
+        eprintln!(
+            "transform: {} -> {} (group {})",
+            cfg.topics().join(", "),
+            cfg.bronze_location(),
+            cfg.kafka.group_id
+        );
+        let shutdown = async {
+            // Ctrl-C commits the open batch, then stops.
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("transform: interrupted, committing the open batch and stopping");
+        };
+        run(&cfg, &metrics, shutdown).await?;
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Simulate(args) => simulate(args),
         Command::Ingest { config } => ingest(config),
+        Command::Transform { config } => transform(config),
         Command::Schemas { out } => pathflow_schemas::json_schema::write_schema_files(&out)
             .with_context(|| format!("writing JSON Schemas to {}", out.display()))
             .map(|n| eprintln!("wrote {n} schema files to {}", out.display())),

@@ -6,9 +6,8 @@
 //! the weekly gold tables (`demand`, `capacity`, `waits`, `followups`). Kafka
 //! offsets are committed atomically with the table data they produced.
 //!
-//! The implementation arrives with the transform issue; the crate exists now
-//! so the workspace layout and the dependency set (deltalake, datafusion,
-//! arrow, parquet) are fixed and built by CI from the start.
+//! Built so far: bronze, exactly once, from a consumer group; the rules and
+//! the fold that the state and gold tables will be made from.
 //!
 //! - [`bronze`]: Kafka messages → Arrow batches of the bronze `events` table;
 //!   messages that are not events come back as typed rejections.
@@ -19,11 +18,14 @@
 //!   rate, new:follow-up, overdue follow-ups, A&G), one tested function each.
 //! - [`fold`]: entity state (referrals, appointments, slots, follow-ups, A&G)
 //!   folded from events, independent of delivery order and duplicates.
+//! - [`run`]: `pathflow transform`: the consumer group that commits the
+//!   bronze table on a size-or-latency trigger, and its metrics.
 
 pub mod bronze;
 pub mod commit;
 pub mod fold;
 pub mod rules;
+pub mod run;
 
 /// The bronze table's name.
 pub const BRONZE_TABLE: &str = pathflow_schemas::bronze::EVENTS_TABLE;
