@@ -39,7 +39,7 @@ use pathflow_schemas::SourceName;
 use sha2::{Digest, Sha256};
 
 use crate::config::{ConnectorConfig, Format, IngestConfig};
-use crate::kafka::{Counts, EventProducer, ProduceError, ensure_topics};
+use crate::kafka::{Counts, EventProducer, Prepared, ProduceError, ensure_topics};
 use crate::metrics::Metrics;
 use crate::pseudonymise::{KeyError, Pseudonymiser};
 use crate::record::{FieldError, Location};
@@ -459,7 +459,8 @@ impl Ingest {
         let file = std::fs::File::open(path).map_err(io_error(path))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or_default();
         let source = connector.name.as_str();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(Location, Outcome)>>(CHUNKS);
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(Vec<(Location, Outcome)>, Prepared)>(CHUNKS);
         let parser = {
             let (refs, format, name, source) = (
                 self.refs.clone(),
@@ -475,8 +476,13 @@ impl Ingest {
                     let mut records = crate::sources::records(format, input, &name, &cx);
                     loop {
                         let chunk: Vec<_> = records.by_ref().take(CHUNK).collect();
-                        // An empty chunk is the end; a closed channel, that sending failed.
-                        if chunk.is_empty() || tx.blocking_send(chunk).is_err() {
+                        if chunk.is_empty() {
+                            break;
+                        }
+                        // The JSON is written here too, so the sending task only produces.
+                        let prepared = Prepared::of(&chunk);
+                        // A closed channel means sending failed: stop.
+                        if tx.blocking_send((chunk, prepared)).is_err() {
                             break;
                         }
                     }
@@ -488,9 +494,13 @@ impl Ingest {
         let every = self.cfg.checkpoint_every_records.max(1);
         let mut read = 0u64;
         let mut sent: Result<(), IngestError> = Ok(());
-        'chunks: while let Some(chunk) = rx.recv().await {
+        'chunks: while let Some((chunk, prepared)) = rx.recv().await {
+            // Handing a message to librdkafka rarely waits, so without this a
+            // large file would hold the runtime thread (and ignore shutdown)
+            // until its end.
+            tokio::task::yield_now().await;
             self.metrics.records(source, 0, &chunk);
-            for (location, outcome) in &chunk {
+            for (index, (location, outcome)) in chunk.iter().enumerate() {
                 // Quarantine keeps every rejected record of the file, resumed or not.
                 if let Outcome::Rejected(r) = outcome {
                     rejected.push((location.line, r.error.clone()));
@@ -500,7 +510,7 @@ impl Ingest {
                     sending.skip(outcome);
                     continue;
                 }
-                if let Err(e) = sending.send(outcome).await {
+                if let Err(e) = sending.send_prepared(outcome, &prepared, index).await {
                     sent = Err(e.into());
                     break 'chunks;
                 }

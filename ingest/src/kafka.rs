@@ -266,43 +266,132 @@ pub struct Sending<'p> {
     acks: Arc<Acks>,
     /// Earlier generations of acks, each with the records it completes.
     marks: VecDeque<(u64, Arc<Acks>)>,
-    /// Reused for every message's JSON.
-    buf: Vec<u8>,
+}
+
+/// A chunk of records' messages serialised ahead of sending, so the JSON can
+/// be written on the thread that parses while another thread produces.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    bytes: Vec<u8>,
+    messages: Vec<PreparedMessage>,
+    /// Where each record's messages start in `messages` (one entry a record, plus the end).
+    starts: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct PreparedMessage {
+    /// The family's topic index, or `None` for the dead-letter topic.
+    topic: Option<usize>,
+    /// The event id as a number (none for a dead letter).
+    id: Option<u128>,
+    key: std::ops::Range<usize>,
+    payload: std::ops::Range<usize>,
+}
+
+impl Prepared {
+    /// The messages of `outcomes`: each event's JSON on its family's topic,
+    /// each rejection's on the dead-letter topic; opt-outs have none.
+    pub fn of(outcomes: &[(crate::record::Location, Outcome)]) -> Prepared {
+        let mut p = Prepared {
+            bytes: Vec::with_capacity(outcomes.len() * 1200),
+            messages: Vec::with_capacity(outcomes.len() * 3),
+            starts: Vec::with_capacity(outcomes.len() + 1),
+        };
+        for (_, outcome) in outcomes {
+            p.starts.push(p.messages.len());
+            match outcome {
+                Outcome::OptedOut => {}
+                Outcome::Rejected(r) => {
+                    let key = p.push(|b| {
+                        use std::io::Write;
+                        let _ = write!(b, "{}:{}", r.location.file, r.location.line);
+                    });
+                    // Serialising these plain structs into a Vec cannot fail.
+                    let payload = p.push(|b| {
+                        let _ = serde_json::to_writer(b, r);
+                    });
+                    p.messages.push(PreparedMessage {
+                        topic: None,
+                        id: None,
+                        key,
+                        payload,
+                    });
+                }
+                Outcome::Events(events) => {
+                    for event in events {
+                        let key = p
+                            .push(|b| b.extend_from_slice(event.payload.key().as_str().as_bytes()));
+                        let payload = p.push(|b| {
+                            let _ = serde_json::to_writer(b, event);
+                        });
+                        p.messages.push(PreparedMessage {
+                            topic: Some(event.family() as usize),
+                            id: u128::from_str_radix(event.envelope.event_id.as_str(), 16).ok(),
+                            key,
+                            payload,
+                        });
+                    }
+                }
+            }
+        }
+        p.starts.push(p.messages.len());
+        p
+    }
+
+    fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> std::ops::Range<usize> {
+        let start = self.bytes.len();
+        write(&mut self.bytes);
+        start..self.bytes.len()
+    }
 }
 
 impl Sending<'_> {
     /// Sends one record's events (or its dead letter); an opt-out is only counted.
     pub async fn send(&mut self, outcome: &Outcome) -> Result<(), ProduceError> {
+        let one = [(
+            crate::record::Location {
+                file: String::new(),
+                line: 0,
+            },
+            outcome.clone(),
+        )];
+        let prepared = Prepared::of(&one);
+        self.send_prepared(outcome, &prepared, 0).await
+    }
+
+    /// Sends record `index` of a chunk whose messages `prepared` holds;
+    /// `outcome` is that record's outcome (for the counts).
+    pub async fn send_prepared(
+        &mut self,
+        outcome: &Outcome,
+        prepared: &Prepared,
+        index: usize,
+    ) -> Result<(), ProduceError> {
         let p = self.producer;
         match outcome {
             Outcome::OptedOut => self.counts.opted_out += 1,
-            Outcome::Rejected(r) => {
-                self.counts.rejected += 1;
-                let key = format!("{}:{}", r.location.file, r.location.line);
-                self.buf.clear();
-                // Serialising these plain structs into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut self.buf, r);
-                p.enqueue(&p.dead_letters, key.as_bytes(), &self.buf, &self.acks)
-                    .await?;
-            }
-            Outcome::Events(events) => {
-                self.counts.accepted += 1;
-                for event in events {
+            Outcome::Rejected(_) => self.counts.rejected += 1,
+            Outcome::Events(_) => self.counts.accepted += 1,
+        }
+        let (from, to) = (prepared.starts[index], prepared.starts[index + 1]);
+        for m in &prepared.messages[from..to] {
+            let topic = match m.topic {
+                None => &p.dead_letters,
+                Some(family) => {
                     // A duplicated source row repeats its events' ids: send them once.
-                    let repeat = u128::from_str_radix(event.envelope.event_id.as_str(), 16)
-                        .is_ok_and(|id| !self.sent.insert(id));
-                    if repeat {
+                    if m.id.is_some_and(|id| !self.sent.insert(id)) {
                         self.counts.duplicates += 1;
                         continue;
                     }
-                    let topic = &p.topics[event.family() as usize];
-                    self.buf.clear();
-                    let _ = serde_json::to_writer(&mut self.buf, event);
-                    let key = event.payload.key().as_str().as_bytes();
-                    p.enqueue(topic, key, &self.buf, &self.acks).await?;
                     self.counts.events += 1;
+                    &p.topics[family]
                 }
-            }
+            };
+            let (key, payload) = (
+                &prepared.bytes[m.key.clone()],
+                &prepared.bytes[m.payload.clone()],
+            );
+            p.enqueue(topic, key, payload, &self.acks).await?;
         }
         Ok(())
     }
@@ -438,7 +527,6 @@ impl EventProducer {
             sent: HashSet::default(),
             acks: Arc::default(),
             marks: VecDeque::new(),
-            buf: Vec::with_capacity(1024),
         }
     }
 
