@@ -222,4 +222,51 @@ max_latency_ms = 300
         "{text}"
     );
     assert!(metric(&text, "pathflow_transform_newest_event_timestamp_seconds") > 1_600_000_000);
+
+    // A reader that is not pathflow sees the same table.
+    match other_reader(&bronze) {
+        Some((rows, ids, partitioning)) => {
+            assert_eq!((rows, ids), (all.len(), all.len()));
+            assert_eq!(partitioning, "event_date");
+        }
+        None => assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with the deltalake package is needed (.ci/run installs it)"
+        ),
+    }
+}
+
+/// Rows, distinct event ids and partition columns of the table at
+/// `location`, as the Python `deltalake` package reads it; `None` when it is
+/// not installed.
+fn other_reader(location: &str) -> Option<(usize, usize, String)> {
+    let script = r#"
+import sys
+try:
+    import deltalake
+except ImportError:
+    sys.exit(3)
+table = deltalake.DeltaTable(sys.argv[1])
+rows = table.to_pyarrow_table(columns=["event_id"])
+print(rows.num_rows, len(set(rows.column("event_id").to_pylist())), ",".join(table.metadata().partition_columns))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, location])
+        .output()
+        .ok()?;
+    if out.status.code() == Some(3) {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python deltalake failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut fields = text.split_whitespace();
+    Some((
+        fields.next()?.parse().ok()?,
+        fields.next()?.parse().ok()?,
+        fields.next()?.to_string(),
+    ))
 }
