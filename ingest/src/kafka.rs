@@ -292,12 +292,16 @@ impl Prepared {
     /// The messages of `outcomes`: each event's JSON on its family's topic,
     /// each rejection's on the dead-letter topic; opt-outs have none.
     pub fn of(outcomes: &[(crate::record::Location, Outcome)]) -> Prepared {
+        Self::of_outcomes(outcomes.iter().map(|(_, o)| o), outcomes.len())
+    }
+
+    fn of_outcomes<'a>(outcomes: impl Iterator<Item = &'a Outcome>, n: usize) -> Prepared {
         let mut p = Prepared {
-            bytes: Vec::with_capacity(outcomes.len() * 1200),
-            messages: Vec::with_capacity(outcomes.len() * 3),
-            starts: Vec::with_capacity(outcomes.len() + 1),
+            bytes: Vec::with_capacity(n * 1200),
+            messages: Vec::with_capacity(n * 3),
+            starts: Vec::with_capacity(n + 1),
         };
-        for (_, outcome) in outcomes {
+        for outcome in outcomes {
             p.starts.push(p.messages.len());
             match outcome {
                 Outcome::OptedOut => {}
@@ -348,14 +352,7 @@ impl Prepared {
 impl Sending<'_> {
     /// Sends one record's events (or its dead letter); an opt-out is only counted.
     pub async fn send(&mut self, outcome: &Outcome) -> Result<(), ProduceError> {
-        let one = [(
-            crate::record::Location {
-                file: String::new(),
-                line: 0,
-            },
-            outcome.clone(),
-        )];
-        let prepared = Prepared::of(&one);
+        let prepared = Prepared::of_outcomes(std::iter::once(outcome), 1);
         self.send_prepared(outcome, &prepared, 0).await
     }
 
