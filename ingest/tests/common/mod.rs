@@ -30,23 +30,7 @@ impl Sim {
     /// Four weeks of a 20,000-patient ICB with a share `bad_record_rate` of bad rows;
     /// `label` seeds the test key.
     pub fn run(label: &str, bad_record_rate: f64) -> Sim {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = SimConfig::new(dir.path().join("out"));
-        cfg.population = 20_000;
-        cfg.weeks = 4;
-        cfg.run_in_weeks = 4;
-        cfg.bad_record_rate = bad_record_rate;
-        pathflow_simulate::run(&cfg, &|_| {}).unwrap();
-        let out = cfg.out.clone();
-        Sim {
-            pseudonymiser: Pseudonymiser::for_tests(label),
-            opt_out: OptOutList::load(&out.join("reference/national_data_opt_out.csv")).unwrap(),
-            deprivation: DeprivationLookup::load(&out.join("reference/postcode_deprivation.csv"))
-                .unwrap(),
-            answer_key: std::fs::read_to_string(out.join("bad_records.csv")).unwrap(),
-            out,
-            _dir: dir,
-        }
+        Sim::run_with(label, |cfg| cfg.bad_record_rate = bad_record_rate)
     }
 
     pub fn cx(&self, feed: &str) -> Context<'_> {
@@ -180,7 +164,8 @@ pub fn leaks<'a>(identifiers: &HashSet<String>, values: &'a HashSet<String>) -> 
 
 impl Sim {
     /// Four weeks of a 20,000-patient ICB without bad records, after
-    /// `configure` adjusts the run (say, its FHIR share); `label` seeds the test key.
+    /// `configure` adjusts the run (say, its FHIR share or bad-record rate);
+    /// `label` seeds the test key.
     pub fn run_with(label: &str, configure: impl FnOnce(&mut SimConfig)) -> Sim {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = SimConfig::new(dir.path().join("out"));
