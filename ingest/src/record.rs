@@ -55,6 +55,7 @@ pub struct Rejection {
     #[serde(flatten)]
     pub error: FieldError,
     /// When the connector rejected it.
+    #[serde(serialize_with = "pathflow_schemas::uk_time::serialize_utc")]
     pub rejected_at: DateTime<Utc>,
 }
 

@@ -42,8 +42,10 @@ pub struct Envelope {
     /// Deterministic id from the source and source record: re-sending a file gives the same ids.
     pub event_id: EventId,
     /// When it happened in the source system (UTC).
+    #[serde(serialize_with = "crate::uk_time::serialize_utc")]
     pub occurred_at: DateTime<Utc>,
     /// When the connector recorded it (UTC).
+    #[serde(serialize_with = "crate::uk_time::serialize_utc")]
     pub recorded_at: DateTime<Utc>,
     /// The connector and feed it came from.
     pub source: SourceName,
@@ -405,6 +407,7 @@ pub struct SlotPublished {
     /// Pseudonym of the slot.
     pub slot_id: PseudoId,
     /// When the slot starts (UTC).
+    #[serde(serialize_with = "crate::uk_time::serialize_utc")]
     pub start: DateTime<Utc>,
     /// Length of the slot in minutes.
     pub duration_minutes: u16,
@@ -432,6 +435,7 @@ pub struct AppointmentBooked {
     /// The patient.
     pub patient: Patient,
     /// When the appointment starts (UTC).
+    #[serde(serialize_with = "crate::uk_time::serialize_utc")]
     pub start: DateTime<Utc>,
     /// What the appointment is.
     #[serde(flatten)]
@@ -444,6 +448,7 @@ pub struct AppointmentRescheduled {
     /// The appointment.
     pub appointment_id: PseudoId,
     /// The new start (UTC).
+    #[serde(serialize_with = "crate::uk_time::serialize_utc")]
     pub start: DateTime<Utc>,
     /// The new slot, when known.
     pub slot_id: Option<PseudoId>,
