@@ -518,23 +518,7 @@ impl Ingest {
                     // Once everything up to a mark is acknowledged, a restart
                     // resumes after it. Marks are checked, not waited for.
                     sending.mark(read);
-                    let checkpointed =
-                        sending
-                            .acknowledged()
-                            .map_err(IngestError::from)
-                            .and_then(|n| match n {
-                                Some(records) => {
-                                    done.insert(
-                                        progress.key.clone(),
-                                        Checkpoint::Partial {
-                                            sha256: progress.sha256.clone(),
-                                            records,
-                                        },
-                                    );
-                                    write_checkpoints(progress.checkpoints, done)
-                                }
-                                None => Ok(()),
-                            });
+                    let checkpointed = record_progress(&mut sending, &progress, done);
                     if let Err(e) = checkpointed {
                         sent = Err(e);
                         break 'chunks;
@@ -647,6 +631,24 @@ impl Ingest {
         let reasons_path = dir.join(format!("{name}.reasons.csv"));
         std::fs::write(&reasons_path, reasons).map_err(io_error(&reasons_path))
     }
+}
+
+/// Once the broker has acknowledged every message up to a mark, records in
+/// the connector's checkpoints how many of the file's records that covers.
+fn record_progress(
+    sending: &mut crate::kafka::Sending<'_>,
+    progress: &Progress<'_>,
+    done: &mut BTreeMap<String, Checkpoint>,
+) -> Result<(), IngestError> {
+    if let Some(records) = sending.acknowledged()? {
+        let partial = Checkpoint::Partial {
+            sha256: progress.sha256.clone(),
+            records,
+        };
+        done.insert(progress.key.clone(), partial);
+        write_checkpoints(progress.checkpoints, done)?;
+    }
+    Ok(())
 }
 
 /// Where quarantine finds the raw records: a request body, or a file read again.
