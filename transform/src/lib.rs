@@ -18,6 +18,7 @@
 //!   rate, new:follow-up, overdue follow-ups, A&G), one tested function each.
 //! - [`fold`]: entity state (referrals, appointments, slots, follow-ups, A&G)
 //!   folded from events, independent of delivery order and duplicates.
+//! - [`state_tables`]: Arrow schemas and batches of the state tables.
 //! - [`run`]: `pathflow transform`: the consumer group that commits the
 //!   bronze table on a size-or-latency trigger, and its metrics.
 
@@ -26,6 +27,7 @@ pub mod commit;
 pub mod fold;
 pub mod rules;
 pub mod run;
+pub mod state_tables;
 
 /// The bronze table's name.
 pub const BRONZE_TABLE: &str = pathflow_schemas::bronze::EVENTS_TABLE;
