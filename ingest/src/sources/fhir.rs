@@ -44,8 +44,8 @@
 //!   `oth-…`: the practice called it off); a cancellation without a reason is
 //!   rejected. A `booked`, `arrived` or `checked-in` Appointment that a
 //!   `finished` Encounter points at is attended (the consultation happened and
-//!   the book was not updated); any other status is rejected, as the CSV book
-//!   has no row for an appointment without its outcome. Otherwise an
+//!   the book was not updated); without one it is a booking with no outcome
+//!   yet (the CSV book's `Booked`), and any other status is rejected. Otherwise an
 //!   Encounter adds nothing beyond its Appointment's status: a `finished`
 //!   Encounter of a `noshow` or `cancelled` Appointment leaves it as it is.
 //! - A Slot that an Appointment books gives no outcome of its own (the
@@ -919,11 +919,13 @@ impl<'b> Book<'b> {
                 }
             }
             Some("booked" | "arrived" | "checked-in") if self.finished.contains(&i) => "Attended",
+            // Booked, no outcome yet: the booking's events; a later bundle adds the outcome.
+            Some("booked" | "arrived" | "checked-in") => "Booked",
             Some(_) => {
                 return Err(FieldError::new(
                     "Appointment.status",
-                    "is not an outcome the appointment book maps",
-                    "one of fulfilled, noshow, cancelled (or booked, arrived, checked-in with a finished Encounter)",
+                    "is not a status the appointment book maps",
+                    "one of booked, arrived, checked-in, fulfilled, noshow, cancelled",
                 ));
             }
         };
@@ -1593,7 +1595,10 @@ mod tests {
         let mut entries = booked(NHS, appointment("noshow", json!({})));
         entries.push(encounter("finished"));
         assert_eq!(read(entries)[0].1, csv_gp(&csv_booked("DNA", "")));
+        // Without an Encounter, "booked" is a booking whose outcome is still to come.
         let out = read(booked(NHS, appointment("booked", json!({}))));
+        assert_eq!(out[0].1, csv_gp(&csv_booked("Booked", "")));
+        let out = read(booked(NHS, appointment("proposed", json!({}))));
         assert_eq!(rejected(&out[0].1).field, "Appointment.status");
     }
 

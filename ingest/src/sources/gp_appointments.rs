@@ -158,24 +158,27 @@ impl CsvFormat for GpAppointments {
             )
         };
         let outcome = match (status, cancelled_at) {
-            (GpStatus::Attended, None) => cx.event(
+            // Booked for the future (or not yet recorded): no outcome yet; a
+            // later extract's row for the same appointment adds it.
+            (GpStatus::Booked, None) => None,
+            (GpStatus::Attended, None) => Some(cx.event(
                 &format!("{key}|{start}"),
                 start,
                 &orgs,
                 Payload::AppointmentAttended(AppointmentAttended {
                     appointment_id: appointment_id.clone(),
                 }),
-            ),
-            (GpStatus::Dna, None) => cx.event(
+            )),
+            (GpStatus::Dna, None) => Some(cx.event(
                 &format!("{key}|{start}"),
                 start,
                 &orgs,
                 Payload::AppointmentDidNotAttend(AppointmentDidNotAttend {
                     appointment_id: appointment_id.clone(),
                 }),
-            ),
-            (GpStatus::CancelledByPatient, Some(at)) => cancelled(at, CancelledBy::Patient),
-            (GpStatus::CancelledByPractice, Some(at)) => cancelled(at, CancelledBy::Provider),
+            )),
+            (GpStatus::CancelledByPatient, Some(at)) => Some(cancelled(at, CancelledBy::Patient)),
+            (GpStatus::CancelledByPractice, Some(at)) => Some(cancelled(at, CancelledBy::Provider)),
             // A cancellation without its time, or another outcome with one
             // (Available rows returned with their slot above).
             (_, at) => {
@@ -206,13 +209,16 @@ impl CsvFormat for GpAppointments {
                 },
             }),
         );
-        Ok(Mapped::Events(vec![published, booked, outcome]))
+        let mut events = vec![published, booked];
+        events.extend(outcome);
+        Ok(Mapped::Events(events))
     }
 }
 
 /// A slot's state in the extract, as the practice system words it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GpStatus {
+    Booked,
     Attended,
     Dna,
     CancelledByPatient,
@@ -222,6 +228,7 @@ enum GpStatus {
 
 /// The statuses of the extract, in the words it uses.
 const STATUSES: &[(&str, GpStatus)] = &[
+    ("Booked", GpStatus::Booked),
     ("Attended", GpStatus::Attended),
     ("DNA", GpStatus::Dna),
     ("Cancelled by Patient", GpStatus::CancelledByPatient),
@@ -303,6 +310,24 @@ mod tests {
                 national_category: NationalCategory::GeneralConsultationAcute,
             }
         );
+    }
+
+    #[test]
+    fn a_future_booking_is_booked_with_no_outcome_yet_and_keeps_its_ids() {
+        let out = read(&[
+            &booked("9990000018", "Booked", ""),
+            &booked("9990000018", "Attended", ""),
+        ]);
+        let (future, later) = (events(&out[0]), events(&out[1]));
+        assert_eq!(
+            types(future),
+            [EventType::SlotPublished, EventType::AppointmentBooked]
+        );
+        // The later extract's row repeats the slot and booking and adds the outcome.
+        assert_eq!(&later[..2], future);
+        assert_eq!(later[2].event_type(), EventType::AppointmentAttended);
+        let cancelled = read(&[&booked("9990000018", "Booked", "2025-04-06T00:38:00")]);
+        assert_eq!(rejected(&cancelled[0]).0, "cancelled_at");
     }
 
     #[test]
@@ -429,7 +454,7 @@ mod tests {
         };
         assert_eq!(
             r.error.rule,
-            "one of Attended, DNA, Cancelled by Patient, Cancelled by Practice, Available"
+            "one of Booked, Attended, DNA, Cancelled by Patient, Cancelled by Practice, Available"
         );
         assert!(!format!("{r:?}").contains("Seen by nurse"), "{r:?}");
     }
