@@ -354,8 +354,9 @@ impl Ingest {
     ) -> Result<Batch, IngestError> {
         let cx = self.context(source);
         let outcomes = crate::sources::read(format, bytes, name, &cx);
+        self.metrics.records(source.as_str(), &outcomes);
         self.metrics
-            .records(source.as_str(), bytes.len(), &outcomes);
+            .source_bytes(source.as_str(), bytes.len() as u64);
         let rejected: Vec<(u64, FieldError)> = outcomes
             .iter()
             .filter_map(|(loc, o)| match o {
@@ -499,7 +500,7 @@ impl Ingest {
             // large file would hold the runtime thread (and ignore shutdown)
             // until its end.
             tokio::task::yield_now().await;
-            self.metrics.records(source, 0, &chunk);
+            self.metrics.records(source, &chunk);
             for (index, (location, outcome)) in chunk.iter().enumerate() {
                 // Quarantine keeps every rejected record of the file, resumed or not.
                 if let Outcome::Rejected(r) = outcome {

@@ -24,7 +24,6 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::record::Rejection;
 use crate::sources::Outcome;
 
 /// Where and how to produce.
@@ -292,16 +291,13 @@ impl Prepared {
     /// The messages of `outcomes`: each event's JSON on its family's topic,
     /// each rejection's on the dead-letter topic; opt-outs have none.
     pub fn of(outcomes: &[(crate::record::Location, Outcome)]) -> Prepared {
-        Self::of_outcomes(outcomes.iter().map(|(_, o)| o), outcomes.len())
-    }
-
-    fn of_outcomes<'a>(outcomes: impl Iterator<Item = &'a Outcome>, n: usize) -> Prepared {
+        let n = outcomes.len();
         let mut p = Prepared {
             bytes: Vec::with_capacity(n * 1200),
             messages: Vec::with_capacity(n * 3),
             starts: Vec::with_capacity(n + 1),
         };
-        for outcome in outcomes {
+        for (_, outcome) in outcomes {
             p.starts.push(p.messages.len());
             match outcome {
                 Outcome::OptedOut => {}
@@ -350,12 +346,6 @@ impl Prepared {
 }
 
 impl Sending<'_> {
-    /// Sends one record's events (or its dead letter); an opt-out is only counted.
-    pub async fn send(&mut self, outcome: &Outcome) -> Result<(), ProduceError> {
-        let prepared = Prepared::of_outcomes(std::iter::once(outcome), 1);
-        self.send_prepared(outcome, &prepared, 0).await
-    }
-
     /// Sends record `index` of a chunk whose messages `prepared` holds;
     /// `outcome` is that record's outcome (for the counts).
     pub async fn send_prepared(
@@ -507,9 +497,10 @@ impl EventProducer {
         &self,
         outcomes: &[(crate::record::Location, Outcome)],
     ) -> Result<Counts, ProduceError> {
+        let prepared = Prepared::of(outcomes);
         let mut sending = self.sending();
-        for (_, outcome) in outcomes {
-            sending.send(outcome).await?;
+        for (index, (_, outcome)) in outcomes.iter().enumerate() {
+            sending.send_prepared(outcome, &prepared, index).await?;
         }
         sending.finish().await
     }
@@ -568,9 +559,4 @@ impl EventProducer {
 /// An event as it goes on the wire.
 pub fn event_json(event: &Event) -> Vec<u8> {
     serde_json::to_vec(event).unwrap_or_default()
-}
-
-/// A rejection as it goes on the dead-letter topic.
-pub fn dead_letter_json(rejection: &Rejection) -> Vec<u8> {
-    serde_json::to_vec(rejection).unwrap_or_default()
 }

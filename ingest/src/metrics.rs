@@ -165,11 +165,8 @@ impl Metrics {
         &self.registry
     }
 
-    /// One batch of records from `source` (a file or a request) was read.
-    pub fn records(&self, source: &str, bytes: usize, outcomes: &[(Location, Outcome)]) {
-        self.bytes_read
-            .with_label_values(&[source])
-            .inc_by(bytes as u64);
+    /// One batch of records from `source` (a chunk of a file, or a request) was read.
+    pub fn records(&self, source: &str, outcomes: &[(Location, Outcome)]) {
         let (mut accepted, mut opted_out) = (0, 0);
         for (_, outcome) in outcomes {
             match outcome {
@@ -292,7 +289,8 @@ mod tests {
             (loc.clone(), Outcome::Rejected(rejection)),
             (loc, Outcome::Events(vec![])),
         ];
-        m.records("pas:x", 100, &outcomes);
+        m.records("pas:x", &outcomes);
+        m.source_bytes("pas:x", 100);
         let text = m.render();
         for line in [
             "pathflow_ingest_records_read_total{source=\"pas:x\"} 4",

@@ -116,6 +116,15 @@ postcode_deprivation = "{out}/reference/postcode_deprivation.csv"
     IngestConfig::parse(&text, Path::new("pipeline.toml")).unwrap()
 }
 
+/// The pseudonymiser the connectors of these tests run with (the key of [`set_key`]).
+fn pseudonymiser() -> Pseudonymiser {
+    Pseudonymiser::load(
+        &KeySource::Env(KEY_VAR.into()),
+        KeyId::parse("pipeline-test").unwrap(),
+    )
+    .unwrap()
+}
+
 fn set_key() {
     // SAFETY: set before any thread of this test reads the environment; every
     // test of this file sets the same value.
@@ -353,11 +362,7 @@ async fn a_whole_icb_arrives_once_with_dead_letters_and_no_identifier() {
     }
 
     // Opt-out: no event names an opted-out patient.
-    let pseudonymiser = Pseudonymiser::load(
-        &KeySource::Env(KEY_VAR.into()),
-        KeyId::parse("pipeline-test").unwrap(),
-    )
-    .unwrap();
+    let pseudonymiser = pseudonymiser();
     let opt_out_text =
         std::fs::read_to_string(out.join("reference/national_data_opt_out.csv")).unwrap();
     let opted: Vec<_> = opt_out_text
@@ -760,11 +765,7 @@ async fn a_restart_mid_file_resumes_after_its_last_checkpoint() {
     assert!(checkpoint().unwrap().is_string(), "the file is marked sent");
 
     // What should be on the topics: the events of every record, read the same way.
-    let pseudonymiser = Pseudonymiser::load(
-        &KeySource::Env(KEY_VAR.into()),
-        KeyId::parse("pipeline-test").unwrap(),
-    )
-    .unwrap();
+    let pseudonymiser = pseudonymiser();
     let opt_out = pathflow_ingest::reference::OptOutList::load(
         &out.join("reference/national_data_opt_out.csv"),
     )

@@ -1328,48 +1328,10 @@ impl Fold {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::*;
     use super::*;
-    use chrono::NaiveDateTime;
-    use pathflow_schemas::codes::Sex;
     use pathflow_schemas::event::*;
-    use pathflow_schemas::uk_time;
-    use pathflow_schemas::{AgeBand, Patient, SCHEMA_VERSION, SourceName};
     use proptest::prelude::*;
-
-    fn id(tag: u8, n: u32) -> PseudoId {
-        let mut b = [tag; 16];
-        b[12..].copy_from_slice(&n.to_be_bytes());
-        PseudoId::from_digest(&b)
-    }
-
-    /// Day `n` after Monday 5 May 2025 (BST), as UK local date.
-    fn date(n: i64) -> NaiveDate {
-        NaiveDate::from_ymd_opt(2025, 5, 5).unwrap() + Duration::days(n)
-    }
-
-    /// UK local midnight of day `n`, in UTC (how date-only source fields arrive).
-    fn day(n: i64) -> DateTime<Utc> {
-        uk_time::start_of_day_utc(date(n))
-    }
-
-    /// UK local `hour`:00 on day `n`, in UTC.
-    fn time(n: i64, hour: u32) -> DateTime<Utc> {
-        let local: NaiveDateTime = date(n).and_hms_opt(hour, 0, 0).unwrap();
-        uk_time::to_utc(local)
-    }
-
-    fn patient(n: u32) -> Patient {
-        Patient {
-            id: id(0xa0, n),
-            age_band: AgeBand::from_age(60),
-            sex: Sex::Female,
-            deprivation_decile: None,
-        }
-    }
-
-    fn ods(code: &str) -> OdsCode {
-        OdsCode::parse(code).unwrap()
-    }
 
     /// Builds events with fresh ids, recorded a day after they happened.
     #[derive(Default)]
@@ -1386,32 +1348,7 @@ mod tests {
             payload: Payload,
         ) -> Event {
             self.n += 1;
-            let mut b = [0xee; 16];
-            b[12..].copy_from_slice(&self.n.to_be_bytes());
-            let gp = matches!(
-                &payload,
-                Payload::AppointmentBooked(AppointmentBooked {
-                    kind: AppointmentKind::Gp { .. },
-                    ..
-                }) | Payload::SlotPublished(SlotPublished {
-                    kind: SlotKind::Gp { .. },
-                    ..
-                })
-            );
-            let event = Event {
-                envelope: Envelope {
-                    event_id: EventId::from_digest(&b),
-                    occurred_at: at,
-                    recorded_at,
-                    source: SourceName::parse("test:fold").unwrap(),
-                    schema_version: SCHEMA_VERSION,
-                    key_id: None,
-                    practice: Some(ods("Y01234")),
-                    provider: (!gp).then(|| ods("RX1")),
-                    treatment_function: (!gp).then_some(TreatmentFunction::TraumaAndOrthopaedics),
-                },
-                payload,
-            };
+            let event = testing::event(self.n, at, recorded_at, "test:fold", payload);
             self.events.push(event.clone());
             event
         }
@@ -2283,6 +2220,91 @@ mod tests {
                 prop_assert!(r.referral().is_some());
                 prop_assert!(r.clock_start().is_some());
             }
+        }
+    }
+}
+
+/// Events for the transform's unit tests: ids, UK days and times from Monday
+/// 5 May 2025, and an event builder whose GP events carry a practice only.
+#[cfg(test)]
+pub(crate) mod testing {
+    use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
+    use pathflow_schemas::codes::{Sex, TreatmentFunction};
+    use pathflow_schemas::event::{
+        AppointmentBooked, AppointmentKind, Envelope, Payload, SlotKind, SlotPublished,
+    };
+    use pathflow_schemas::{
+        AgeBand, Event, EventId, OdsCode, Patient, PseudoId, SCHEMA_VERSION, SourceName, uk_time,
+    };
+
+    pub fn id(tag: u8, n: u32) -> PseudoId {
+        let mut b = [tag; 16];
+        b[12..].copy_from_slice(&n.to_be_bytes());
+        PseudoId::from_digest(&b)
+    }
+
+    /// Day `n` after Monday 5 May 2025 (BST), as UK local date.
+    pub fn date(n: i64) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2025, 5, 5).unwrap() + Duration::days(n)
+    }
+
+    /// UK local midnight of day `n`, in UTC (how date-only source fields arrive).
+    pub fn day(n: i64) -> DateTime<Utc> {
+        uk_time::start_of_day_utc(date(n))
+    }
+
+    /// UK local `hour`:00 on day `n`, in UTC.
+    pub fn time(n: i64, hour: u32) -> DateTime<Utc> {
+        let local: NaiveDateTime = date(n).and_hms_opt(hour, 0, 0).unwrap();
+        uk_time::to_utc(local)
+    }
+
+    pub fn patient(n: u32) -> Patient {
+        Patient {
+            id: id(0xa0, n),
+            age_band: AgeBand::from_age(60),
+            sex: Sex::Female,
+            deprivation_decile: None,
+        }
+    }
+
+    pub fn ods(code: &str) -> OdsCode {
+        OdsCode::parse(code).unwrap()
+    }
+
+    /// The `n`th test event: occurred `at`, recorded `recorded_at`, from `source`.
+    pub fn event(
+        n: u32,
+        at: DateTime<Utc>,
+        recorded_at: DateTime<Utc>,
+        source: &str,
+        payload: Payload,
+    ) -> Event {
+        let mut b = [0xee; 16];
+        b[12..].copy_from_slice(&n.to_be_bytes());
+        let gp = matches!(
+            &payload,
+            Payload::AppointmentBooked(AppointmentBooked {
+                kind: AppointmentKind::Gp { .. },
+                ..
+            }) | Payload::SlotPublished(SlotPublished {
+                kind: SlotKind::Gp { .. },
+                ..
+            })
+        );
+        Event {
+            envelope: Envelope {
+                event_id: EventId::from_digest(&b),
+                occurred_at: at,
+                recorded_at,
+                source: SourceName::parse(source).unwrap(),
+                schema_version: SCHEMA_VERSION,
+                key_id: None,
+                practice: Some(ods("Y01234")),
+                provider: (!gp).then(|| ods("RX1")),
+                treatment_function: (!gp).then_some(TreatmentFunction::TraumaAndOrthopaedics),
+            },
+            payload,
         }
     }
 }

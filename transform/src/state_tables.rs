@@ -429,55 +429,18 @@ pub fn advice_batch<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fold::testing::{date, day, event, id, patient, time};
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Date32Type, Int32Type, Int64Type};
-    use chrono::{Duration, NaiveDateTime};
+    use chrono::Duration;
     use pathflow_schemas::codes::{
         AdviceOutcome, AppointmentMode, ClockStartReason, ClockStopReason, ContactType, HcpType,
-        NationalCategory, Priority, ReferralSource, Sex, TreatmentFunction,
+        NationalCategory, Priority, ReferralSource,
     };
     use pathflow_schemas::event::*;
-    use pathflow_schemas::{
-        AgeBand, Event, EventId, OdsCode, Patient, Payload, PseudoId, SCHEMA_VERSION, SourceName,
-        uk_time,
-    };
+    use pathflow_schemas::{Payload, PseudoId};
 
     use crate::fold::Fold;
-
-    fn id(tag: u8, n: u32) -> PseudoId {
-        let mut b = [tag; 16];
-        b[12..].copy_from_slice(&n.to_be_bytes());
-        PseudoId::from_digest(&b)
-    }
-
-    /// Day `n` after Monday 5 May 2025 (BST), as UK local date.
-    fn date(n: i64) -> NaiveDate {
-        NaiveDate::from_ymd_opt(2025, 5, 5).unwrap() + Duration::days(n)
-    }
-
-    /// UK local midnight of day `n`, in UTC.
-    fn day(n: i64) -> DateTime<Utc> {
-        uk_time::start_of_day_utc(date(n))
-    }
-
-    /// UK local `hour`:00 on day `n`, in UTC.
-    fn time(n: i64, hour: u32) -> DateTime<Utc> {
-        let local: NaiveDateTime = date(n).and_hms_opt(hour, 0, 0).unwrap();
-        uk_time::to_utc(local)
-    }
-
-    fn patient(n: u32) -> Patient {
-        Patient {
-            id: id(0xa0, n),
-            age_band: AgeBand::from_age(60),
-            sex: Sex::Female,
-            deprivation_decile: None,
-        }
-    }
-
-    fn ods(code: &str) -> OdsCode {
-        OdsCode::parse(code).unwrap()
-    }
 
     /// Events with fresh ids; GP events carry a practice only.
     #[derive(Default)]
@@ -489,29 +452,7 @@ mod tests {
     impl Log {
         fn at(&mut self, at: DateTime<Utc>, payload: Payload) {
             self.n += 1;
-            let mut b = [0xee; 16];
-            b[12..].copy_from_slice(&self.n.to_be_bytes());
-            let gp = matches!(
-                &payload,
-                Payload::AppointmentBooked(AppointmentBooked {
-                    kind: AppointmentKind::Gp { .. },
-                    ..
-                })
-            );
-            let event = Event {
-                envelope: Envelope {
-                    event_id: EventId::from_digest(&b),
-                    occurred_at: at,
-                    recorded_at: at + Duration::days(1),
-                    source: SourceName::parse("test:state").unwrap(),
-                    schema_version: SCHEMA_VERSION,
-                    key_id: None,
-                    practice: Some(ods("Y01234")),
-                    provider: (!gp).then(|| ods("RX1")),
-                    treatment_function: (!gp).then_some(TreatmentFunction::TraumaAndOrthopaedics),
-                },
-                payload,
-            };
+            let event = event(self.n, at, at + Duration::days(1), "test:state", payload);
             self.fold.apply(&event);
         }
     }
