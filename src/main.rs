@@ -32,11 +32,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Consume the event topics into the tables (bronze so far), exactly once; runs until Ctrl-C.
+    /// Consume the event topics into the tables (bronze, state, gold), exactly once; runs until Ctrl-C.
     Transform {
         /// The TOML config (see deploy/transform.example.toml).
         #[arg(long)]
         config: PathBuf,
+        /// Recompute every state and gold table from the bronze table, then exit.
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Write the JSON Schema of every event type into a directory.
     Schemas {
@@ -111,10 +114,28 @@ fn ingest(config: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn transform(config: PathBuf) -> anyhow::Result<()> {
+fn transform(config: PathBuf, rebuild: bool) -> anyhow::Result<()> {
     use pathflow_transform::run::{TransformConfig, TransformMetrics, run, serve_metrics};
     let cfg = TransformConfig::load(&config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    if rebuild {
+        let report = runtime.block_on(pathflow_transform::run::rebuild(&cfg))?;
+        let rows: Vec<String> = report
+            .rows
+            .iter()
+            .map(|(table, n)| format!("{table} {n}"))
+            .collect();
+        eprintln!(
+            "transform: rebuilt from bronze version {}: {} events folded in {:.1} s; rows: {}",
+            report
+                .bronze_version
+                .map_or("(none)".to_string(), |v| v.to_string()),
+            report.events,
+            report.seconds,
+            rows.join(", ")
+        );
+        return Ok(());
+    }
     runtime.block_on(async {
         let metrics = TransformMetrics::new();
         if let Some(m) = &cfg.metrics {
@@ -144,7 +165,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => simulate(args),
         Command::Ingest { config } => ingest(config),
-        Command::Transform { config } => transform(config),
+        Command::Transform { config, rebuild } => transform(config, rebuild),
         Command::Schemas { out } => pathflow_schemas::json_schema::write_schema_files(&out)
             .with_context(|| format!("writing JSON Schemas to {}", out.display()))
             .map(|n| eprintln!("wrote {n} schema files to {}", out.display())),

@@ -21,6 +21,8 @@
 //! - [`http_connector`]: the HTTP push connector (FHIR Bundles, NDJSON).
 //! - [`kafka`]: topic creation and the idempotent producer of events and dead letters.
 //! - [`metrics`]: every ingest metric, and the `/metrics` endpoint.
+//! - [`simulated`]: a simulated ICB's events read in-process, for the tests
+//!   and benchmarks of later stages.
 
 pub mod config;
 pub mod file_connector;
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod pseudonymise;
 pub mod record;
 pub mod reference;
+pub mod simulated;
 pub mod sources;
 
 /// The topic each event family is produced to unless configured otherwise.

@@ -388,9 +388,107 @@ pub fn to_batch<'a>(
     Ok((builder.finish()?, rejections))
 }
 
+/// A bronze row that does not read back as an event (a table written by
+/// something else, or damaged): where it is and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bronze row {row}: {reason}")]
+pub struct UnreadableRow {
+    /// The row's index in its batch.
+    pub row: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The events of bronze rows: the inverse of [`BronzeBatchBuilder::push_event`],
+/// for the derived tables, which are folded from bronze rather than from
+/// Kafka so that any number of bronze writers can feed one derivation.
+///
+/// Only the envelope columns, `event_type` and `data` are read; the
+/// denormalised patient columns are copies of what `data` holds.
+pub fn events_of(batch: &RecordBatch) -> Result<Vec<Event>, UnreadableRow> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int16Type, TimestampMicrosecondType};
+
+    let bad = |row: usize, reason: String| UnreadableRow { row, reason };
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| bad(0, format!("no text column {name:?}")))
+    };
+    let instant = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .ok_or_else(|| bad(0, format!("no timestamp column {name:?}")))
+    };
+    let (event_id, event_type, source, data) = (
+        text("event_id")?,
+        text("event_type")?,
+        text("source")?,
+        text("data")?,
+    );
+    let (key_id, practice, provider, treatment_function) = (
+        text("key_id")?,
+        text("practice")?,
+        text("provider")?,
+        text("treatment_function")?,
+    );
+    let (occurred_at, recorded_at) = (instant("occurred_at")?, instant("recorded_at")?);
+    let schema_version = batch
+        .column_by_name("schema_version")
+        .and_then(|c| c.as_primitive_opt::<Int16Type>())
+        .ok_or_else(|| bad(0, "no Int16 column \"schema_version\"".to_string()))?;
+
+    let optional = |a: &arrow::array::StringArray, i: usize| {
+        if a.is_null(i) {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::String(a.value(i).to_string())
+        }
+    };
+    let rfc3339 = |micros: i64, i: usize| {
+        chrono::DateTime::from_timestamp_micros(micros)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            .ok_or_else(|| bad(i, format!("timestamp {micros} µs is out of range")))
+    };
+    let mut events = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let data: serde_json::Value = serde_json::from_str(data.value(i))
+            .map_err(|e| bad(i, format!("data is not JSON: {e}")))?;
+        let object = serde_json::json!({
+            "event_id": event_id.value(i),
+            "occurred_at": rfc3339(occurred_at.value(i), i)?,
+            "recorded_at": rfc3339(recorded_at.value(i), i)?,
+            "source": source.value(i),
+            "schema_version": schema_version.value(i),
+            "key_id": optional(key_id, i),
+            "practice": optional(practice, i),
+            "provider": optional(provider, i),
+            "treatment_function": optional(treatment_function, i),
+            "event_type": event_type.value(i),
+            "data": data,
+        });
+        let event: Event = serde_json::from_value(object).map_err(|e| bad(i, e.to_string()))?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bronze_rows_read_back_as_the_events_they_were_made_from() {
+        let events = pathflow_schemas::sample::one_of_each();
+        let mut builder = BronzeBatchBuilder::new();
+        for (offset, e) in events.iter().enumerate() {
+            builder.push_event(e, "t", 0, offset as i64).unwrap();
+        }
+        let batch = builder.finish().unwrap();
+        assert_eq!(events_of(&batch).unwrap(), events);
+    }
 
     #[test]
     fn redaction_drops_quoted_values_and_keeps_schema_field_names() {

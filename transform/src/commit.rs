@@ -37,6 +37,47 @@ pub const APP_ID_PREFIX: &str = "pathflow-transform";
 /// with it without touching its partitions (e.g. a table property change).
 const CONFLICT_RETRIES: usize = 3;
 
+/// Opens the Delta table at `location`, creating it with `schema`,
+/// partitioned by `partition_column`, when there is none. Safe against
+/// another instance creating it at the same moment.
+pub(crate) async fn open_or_create(
+    location: &str,
+    storage_options: &HashMap<String, String>,
+    schema: &arrow::datatypes::Schema,
+    partition_column: &str,
+    name: &str,
+    comment: &str,
+) -> Result<DeltaTable, DeltaTableError> {
+    let url = ensure_table_uri(location)?;
+    let mut table = DeltaTableBuilder::from_url(url)?
+        .with_storage_options(storage_options.clone())
+        .build()?;
+    match table.load().await {
+        Ok(()) => Ok(table),
+        Err(DeltaTableError::NotATable(_)) => {
+            let columns = StructType::try_from_arrow(schema)?;
+            let created = table
+                .create()
+                .with_columns(columns.fields().cloned())
+                .with_partition_columns([partition_column])
+                .with_table_name(name)
+                .with_comment(comment)
+                .with_save_mode(SaveMode::Ignore)
+                .await;
+            match created {
+                Ok(t) => Ok(t),
+                // Another instance may have created it between our load and
+                // our create; if there is still no table, the create's error says why.
+                Err(create_error) => match table.load().await {
+                    Ok(()) => Ok(table),
+                    Err(_) => Err(create_error),
+                },
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The `txn` application id of one partition for one consumer group:
 /// `pathflow-transform:<group>:<topic>:<partition>`.
 pub fn app_id(group: &str, topic: &str, partition: i32) -> String {
@@ -257,38 +298,16 @@ impl BronzeWriter {
             location: location.clone(),
             source,
         };
-        let url = ensure_table_uri(&config.location).map_err(delta)?;
-        let mut table = DeltaTableBuilder::from_url(url)
-            .map_err(delta)?
-            .with_storage_options(config.storage_options.clone())
-            .build()
-            .map_err(delta)?;
-        match table.load().await {
-            Ok(()) => {}
-            Err(DeltaTableError::NotATable(_)) => {
-                let schema = StructType::try_from_arrow(events_schema().as_ref())
-                    .map_err(|e| delta(e.into()))?;
-                let created = table
-                    .create()
-                    .with_columns(schema.fields().cloned())
-                    .with_partition_columns([PARTITION_COLUMN])
-                    .with_table_name(EVENTS_TABLE)
-                    .with_comment("pathflow bronze: one row per Kafka message that is an event")
-                    .with_save_mode(SaveMode::Ignore)
-                    .await;
-                match created {
-                    Ok(t) => table = t,
-                    // Another instance may have created it between our load and
-                    // our create; if there is still no table, the create's error says why.
-                    Err(create_error) => {
-                        if table.load().await.is_err() {
-                            return Err(delta(create_error));
-                        }
-                    }
-                }
-            }
-            Err(e) => return Err(delta(e)),
-        }
+        let table = open_or_create(
+            &config.location,
+            &config.storage_options,
+            &events_schema(),
+            PARTITION_COLUMN,
+            EVENTS_TABLE,
+            "pathflow bronze: one row per Kafka message that is an event",
+        )
+        .await
+        .map_err(delta)?;
         let found = table
             .snapshot()
             .map_err(delta)?

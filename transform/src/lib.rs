@@ -3,11 +3,11 @@
 //! Bronze `events` (one row per event, partitioned by event date; its Arrow
 //! schema is `pathflow_schemas::bronze::events_schema`), the state tables
 //! folded from events (`referrals`, `appointments`, `followups`, `advice`) and
-//! the weekly gold tables (`demand`, `capacity`, `waits`, `followups`). Kafka
-//! offsets are committed atomically with the table data they produced.
-//!
-//! Built so far: bronze, exactly once, from a consumer group; the rules and
-//! the fold that the state and gold tables will be made from.
+//! the weekly gold tables (`demand_weekly`, `capacity_weekly`, `waits_weekly`,
+//! `followups_weekly`: DESIGN.md's gold `followups` would clash with the state
+//! table of that name in one SQL namespace, so all four carry the grain).
+//! Kafka offsets are committed atomically with the bronze data they produced;
+//! the derived tables follow bronze, each commit naming the bronze version.
 //!
 //! - [`bronze`]: Kafka messages → Arrow batches of the bronze `events` table;
 //!   messages that are not events come back as typed rejections.
@@ -19,15 +19,24 @@
 //! - [`fold`]: entity state (referrals, appointments, slots, follow-ups, A&G)
 //!   folded from events, independent of delivery order and duplicates.
 //! - [`state_tables`]: Arrow schemas and batches of the state tables.
+//! - [`gold`]: the weekly gold tables, kept incrementally from the fold.
+//! - [`derive`]: the [`derive::Deriver`] that follows the bronze table and
+//!   commits the state and gold tables, only the partitions that changed,
+//!   each commit saying which bronze version it reflects.
 //! - [`run`]: `pathflow transform`: the consumer group that commits the
-//!   bronze table on a size-or-latency trigger, and its metrics.
+//!   bronze table on a size-or-latency trigger, the deriver beside it,
+//!   `--rebuild`, and the metrics.
+//! - [`testing`]: helpers for the workspace's tests and benchmarks.
 
 pub mod bronze;
 pub mod commit;
+pub mod derive;
 pub mod fold;
+pub mod gold;
 pub mod rules;
 pub mod run;
 pub mod state_tables;
+pub mod testing;
 
 /// The bronze table's name.
 pub const BRONZE_TABLE: &str = pathflow_schemas::bronze::EVENTS_TABLE;

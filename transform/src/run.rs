@@ -12,9 +12,12 @@
 //! instance committed a partition first, the batch is dropped, the
 //! partitions are re-read from the table and sought to where it ends.
 //!
-//! Still to come with the transform issue: state and gold tables, rebuild.
+//! Beside the loop, on its own thread, a [`Deriver`] follows the bronze
+//! table and commits the state and gold tables (`[derive]`): woken by each
+//! bronze commit, and every `interval_ms` to pick up other instances'
+//! commits. [`rebuild`] recomputes them from bronze alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,6 +30,7 @@ use prometheus::{
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -36,6 +40,7 @@ use serde::Deserialize;
 
 use crate::bronze::{BronzeBatchBuilder, MessageRef};
 use crate::commit::{BronzeConfig, BronzeWriter, CommitError, Offsets, ResumeAt, TopicPartition};
+use crate::derive::{DeriveError, DeriveReport, Deriver};
 
 /// The transform configuration (one TOML file; every key documented in
 /// `deploy/transform.example.toml`).
@@ -52,6 +57,38 @@ pub struct TransformConfig {
     /// Where `/metrics` is served, when wanted.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// The state and gold tables.
+    #[serde(default)]
+    pub derive: DeriveConfig,
+}
+
+/// `[derive]`: the state and gold tables, folded from bronze.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveConfig {
+    /// Derive in this instance. Every instance may (their commits never
+    /// clash: each says which bronze version it reflects), but one is enough.
+    #[serde(default = "default_derive_enabled")]
+    pub enabled: bool,
+    /// How often to look for bronze commits made by other instances.
+    #[serde(default = "default_derive_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_derive_enabled() -> bool {
+    true
+}
+fn default_derive_interval_ms() -> u64 {
+    2_000
+}
+
+impl Default for DeriveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: default_derive_enabled(),
+            interval_ms: default_derive_interval_ms(),
+        }
+    }
 }
 
 /// The event topics and the consumer group.
@@ -143,6 +180,12 @@ impl TransformConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        if cfg.derive.interval_ms == 0 {
+            return Err(TransformError::Config {
+                path: path.to_path_buf(),
+                message: "`derive.interval_ms` must be at least 1".into(),
+            });
+        }
         if cfg.commit.max_rows == 0 || cfg.commit.max_latency_ms == 0 {
             return Err(TransformError::Config {
                 path: path.to_path_buf(),
@@ -200,6 +243,15 @@ pub enum TransformError {
     /// The table could not be written.
     #[error(transparent)]
     Commit(Box<CommitError>),
+    /// The derived tables could not be made.
+    #[error("deriving the state and gold tables: {0}")]
+    Derive(Box<DeriveError>),
+}
+
+impl From<DeriveError> for TransformError {
+    fn from(e: DeriveError) -> Self {
+        TransformError::Derive(Box::new(e))
+    }
 }
 
 impl From<CommitError> for TransformError {
@@ -220,6 +272,9 @@ pub struct TransformMetrics {
     conflicts: IntCounter,
     commit_seconds: Histogram,
     freshness: IntGaugeVec,
+    derive_seconds: Histogram,
+    derive_failures: IntCounter,
+    derived_version: IntGaugeVec,
 }
 
 impl Default for TransformMetrics {
@@ -317,7 +372,55 @@ impl TransformMetrics {
                 )
                 .unwrap_or_else(expect("freshness")),
             ),
+            derive_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pathflow_transform_derive_duration_seconds",
+                        "Time to fold new bronze versions and commit the state and gold rows they change.",
+                    )
+                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0]),
+                )
+                .unwrap_or_else(expect("derive duration")),
+            ),
+            derive_failures: reg(
+                &registry,
+                IntCounter::new(
+                    "pathflow_transform_derive_failures_total",
+                    "Derivation steps that failed (each is retried from the bronze table).",
+                )
+                .unwrap_or_else(expect("derive failures")),
+            ),
+            derived_version: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pathflow_transform_table_version",
+                        "Bronze version the tables reflect, by table (bronze: its own version).",
+                    ),
+                    &["table"],
+                )
+                .unwrap_or_else(expect("table version")),
+            ),
             registry,
+        }
+    }
+
+    /// Records one derivation step.
+    fn derived(&self, report: &DeriveReport, newest_event: Option<i64>) {
+        self.derive_seconds.observe(report.seconds);
+        for (table, rows) in &report.rows {
+            self.rows.with_label_values(&[table]).inc_by(*rows as u64);
+        }
+        let Some(version) = report.bronze_version else {
+            return;
+        };
+        for d in crate::derive::Derived::all() {
+            let v = i64::try_from(version).unwrap_or(i64::MAX);
+            self.derived_version.with_label_values(&[d.name()]).set(v);
+            if let Some(t) = newest_event {
+                self.freshness.with_label_values(&[d.name()]).set(t);
+            }
         }
     }
 
@@ -396,6 +499,15 @@ pub async fn run(
         &cfg.kafka.group_id,
     ))
     .await?;
+    let deriving = if cfg.derive.enabled {
+        Some(DeriveTask::start(
+            cfg.tables.location.clone(),
+            Duration::from_millis(cfg.derive.interval_ms),
+            metrics.clone(),
+        )?)
+    } else {
+        None
+    };
     let max_latency = Duration::from_millis(cfg.commit.max_latency_ms);
     let mut batch = OpenBatch::new();
     let mut tracked: BTreeMap<TopicPartition, i64> = BTreeMap::new();
@@ -407,6 +519,10 @@ pub async fn run(
         let message = tokio::select! {
             () = &mut shutdown => {
                 flush(&mut writer, &consumer, &mut batch, metrics).await?;
+                if let Some(task) = deriving {
+                    // One last step, so the derived tables include the final batch.
+                    task.finish();
+                }
                 return Ok(());
             }
             m = tokio::time::timeout(wait, consumer.recv()) => m,
@@ -455,7 +571,11 @@ pub async fn run(
             || batch.since.is_some_and(|t| t.elapsed() >= max_latency);
         if due {
             match flush(&mut writer, &consumer, &mut batch, metrics).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(task) = &deriving {
+                        task.wake();
+                    }
+                }
                 Err(TransformError::Commit(e))
                     if matches!(
                         *e,
@@ -486,6 +606,104 @@ pub async fn run(
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// Recomputes every state and gold table from the bronze table alone
+/// (`pathflow transform --rebuild`), replacing what they hold.
+pub async fn rebuild(cfg: &TransformConfig) -> Result<DeriveReport, TransformError> {
+    let mut deriver = Deriver::open(&cfg.tables.location, &HashMap::new()).await?;
+    Ok(deriver.rebuild().await?)
+}
+
+/// The deriver's thread: it has a runtime of its own so folding (CPU work)
+/// never stalls the consumer, and runs on the other core.
+struct DeriveTask {
+    wake: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl DeriveTask {
+    fn start(
+        location: String,
+        interval: Duration,
+        metrics: TransformMetrics,
+    ) -> Result<Self, TransformError> {
+        let wake = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (w, st) = (wake.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("pathflow-derive".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(derive_loop(location, interval, metrics, w, st)),
+                    Err(e) => eprintln!("transform: cannot start the derive runtime: {e}"),
+                }
+            })
+            .map_err(|source| TransformError::Io {
+                path: PathBuf::from("(derive thread)"),
+                source,
+            })?;
+        Ok(Self { wake, stop, thread })
+    }
+
+    /// Asks for a step now (a bronze commit just landed).
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Takes one last step and stops.
+    fn finish(self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let _ = self.thread.join();
+    }
+}
+
+async fn derive_step(
+    deriver: &mut Option<Deriver>,
+    location: &str,
+) -> Result<(DeriveReport, Option<i64>), DeriveError> {
+    if deriver.is_none() {
+        *deriver = Some(Deriver::open(location, &HashMap::new()).await?);
+    }
+    let Some(d) = deriver.as_mut() else {
+        unreachable!("opened above");
+    };
+    let report = d.catch_up().await?;
+    Ok((report, d.newest_event_seconds()))
+}
+
+async fn derive_loop(
+    location: String,
+    interval: Duration,
+    metrics: TransformMetrics,
+    wake: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut deriver: Option<Deriver> = None;
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        match derive_step(&mut deriver, &location).await {
+            Ok((report, newest)) => metrics.derived(&report, newest),
+            Err(e) => {
+                metrics.derive_failures.inc();
+                eprintln!("transform: {e}; starting again from the bronze table");
+                // Its memory may be half a step ahead of the tables: fold again from bronze.
+                deriver = None;
+            }
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(interval) => {}
         }
     }
 }

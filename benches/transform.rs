@@ -1,0 +1,314 @@
+//! The transform benchmarks (issue 4), against a real broker:
+//!
+//! 1. **Throughput**: events/s from the broker into every table (bronze,
+//!    state, gold) by the `pathflow transform` binary, against a bare rdkafka
+//!    consumer draining the same topics in the same run. The binary's peak
+//!    RSS (`VmHWM`) is sampled while it runs.
+//! 2. **Commit duration against history**: the time to commit a small batch
+//!    of new events to bronze and derive it, with 1× and with 10× the weeks
+//!    of history already in the tables (in-process, no broker).
+//!
+//! ```sh
+//! source scripts/tansu.sh && tansu_start
+//! PATHFLOW_BENCH_BROKERS=$PATHFLOW_TEST_BROKERS cargo bench --bench transform
+//! ```
+//!
+//! `PATHFLOW_BENCH_POPULATION` (default 60000) and `PATHFLOW_BENCH_WEEKS`
+//! (default 26) size the throughput run's ICB; `PATHFLOW_BENCH_HISTORY_WEEKS`
+//! (default 6) is the 1× history of the commit-duration run (10× is ten times
+//! as many weeks of the same population, `PATHFLOW_BENCH_HISTORY_POPULATION`,
+//! default 20000).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pathflow_ingest::kafka::{KafkaConfig, ensure_topics, event_json};
+use pathflow_schemas::Event;
+use pathflow_transform::derive::Deriver;
+use pathflow_transform::testing::commit_events;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn unique(label: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{label}{nanos}")
+}
+
+/// A simulated ICB's events, oldest first.
+fn simulated(dir: &Path, population: u32, weeks: u32) -> Vec<Event> {
+    let out = dir.join(unique("sim"));
+    let mut cfg = pathflow_simulate::SimConfig::new(out.clone());
+    cfg.population = population;
+    cfg.weeks = weeks;
+    cfg.run_in_weeks = weeks.min(52);
+    pathflow_simulate::run(&cfg, &|_| {}).expect("simulate");
+    let recorded_at = chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let mut events =
+        pathflow_ingest::simulated::events(&out, "bench", recorded_at).expect("events");
+    let _ = std::fs::remove_dir_all(&out);
+    events.sort_by_key(|e| e.envelope.occurred_at);
+    events
+}
+
+fn produce(brokers: &str, kafka: &KafkaConfig, events: &[Event]) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "0")
+        .set("queue.buffering.max.messages", "200000")
+        .create()
+        .expect("a producer");
+    for e in events {
+        let topic = kafka.topic(e.family());
+        let payload = event_json(e);
+        let mut record = BaseRecord::to(&topic)
+            .key(e.payload.key().as_str())
+            .payload(&payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(600)).expect("flush");
+}
+
+/// Seconds a bare consumer in its own group takes to read `n` messages of the topics.
+fn raw_consume(brokers: &str, topics: &[String], n: usize) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("benchraw"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("a consumer");
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    consumer.subscribe(&refs).expect("subscribe");
+    let mut seen = 0;
+    let mut bytes = 0usize;
+    while seen < n {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            use rdkafka::Message;
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            seen += 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "raw consumer stalled at {seen}"
+        );
+    }
+    std::hint::black_box(bytes);
+    started.elapsed().as_secs_f64()
+}
+
+fn metric(text: &str, line_prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(line_prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn peak_rss_kib(child: &Child) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs the binary until every event is in bronze and the derived tables
+/// reflect it; (seconds, peak RSS in KiB).
+fn pipeline(brokers: &str, prefix: &str, dir: &Path, n: usize) -> (f64, u64) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let config = dir.join(unique("transform")).with_extension("toml");
+    let tables = dir.join(unique("tables"));
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\ngroup_id = \"{}\"\nsession_timeout_ms = 6000\n[tables]\nlocation = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            unique("benchpipe"),
+            tables.display()
+        ),
+    )
+    .expect("config");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pathflow"))
+        .args(["transform", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("pathflow transform");
+    let mut rss = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        rss = rss.max(peak_rss_kib(&child));
+        let text = scrape(port);
+        let bronze = metric(
+            &text,
+            "pathflow_transform_rows_written_total{table=\"events\"}",
+        );
+        let bronze_version = metric(&text, "pathflow_transform_commits_total");
+        let derived = metric(
+            &text,
+            "pathflow_transform_table_version{table=\"waits_weekly\"}",
+        );
+        // Every event in bronze, and the deriver at bronze's last version
+        // (bronze versions start at 1 after the create: commits = version).
+        if bronze as usize >= n && derived >= bronze_version && bronze_version > 0.0 {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "pathflow transform exited"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1_800),
+            "pipeline stalled"
+        );
+    }
+    let secs = started.elapsed().as_secs_f64();
+    rss = rss.max(peak_rss_kib(&child));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&tables);
+    (secs, rss)
+}
+
+/// Median seconds to commit and derive each of `probes` after `history`.
+fn commit_duration(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    history: &[Event],
+    probes: &[&[Event]],
+) -> (f64, Vec<f64>) {
+    let location = dir.join(unique("history"));
+    runtime.block_on(async {
+        let mut deriver = Deriver::open(location.to_str().unwrap(), &Default::default())
+            .await
+            .expect("deriver");
+        for part in history.chunks(50_000) {
+            commit_events(&location, "history", part).await;
+            deriver.catch_up().await.expect("derive");
+        }
+        let mut times = Vec::new();
+        for probe in probes {
+            let started = Instant::now();
+            commit_events(&location, "history", probe).await;
+            deriver.catch_up().await.expect("derive");
+            times.push(started.elapsed().as_secs_f64());
+        }
+        let mut sorted = times.clone();
+        sorted.sort_by(f64::total_cmp);
+        let _ = std::fs::remove_dir_all(&location);
+        (sorted[sorted.len() / 2], times)
+    })
+}
+
+fn main() {
+    let Ok(brokers) = std::env::var("PATHFLOW_BENCH_BROKERS") else {
+        eprintln!("transform bench: set PATHFLOW_BENCH_BROKERS=host:port (see the doc comment)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+
+    // 1. Throughput and memory.
+    let population = env_or("PATHFLOW_BENCH_POPULATION", 60_000);
+    let weeks = env_or("PATHFLOW_BENCH_WEEKS", 26);
+    let events = simulated(dir.path(), population, weeks);
+    let n = events.len();
+    let mut kafka = KafkaConfig::new(&brokers);
+    kafka.topic_prefix = unique("benchtr");
+    kafka.partitions = 2;
+    kafka.replication = 1;
+    runtime.block_on(ensure_topics(&kafka)).expect("topics");
+    produce(&brokers, &kafka, &events);
+    drop(events);
+    let topics: Vec<String> = pathflow_schemas::Family::ALL
+        .iter()
+        .map(|f| kafka.topic(*f))
+        .collect();
+    let raw = raw_consume(&brokers, &topics, n);
+    let (piped, rss) = pipeline(&brokers, &kafka.topic_prefix, dir.path(), n);
+    let raw_again = raw_consume(&brokers, &topics, n);
+    let raw = raw.min(raw_again);
+    println!(
+        "transform bench: {population} patients x {weeks} weeks, {n} events: raw consumer {:.0} events/s; \
+         pathflow transform into every table {:.0} events/s ({piped:.1} s); ratio {:.2}; peak RSS {} MiB",
+        n as f64 / raw,
+        n as f64 / piped,
+        raw / piped,
+        rss / 1024
+    );
+
+    // 2. Commit duration with 1x and 10x history.
+    let population = env_or("PATHFLOW_BENCH_HISTORY_POPULATION", 20_000);
+    let weeks = env_or("PATHFLOW_BENCH_HISTORY_WEEKS", 6);
+    let mut medians = Vec::new();
+    for factor in [1, 10] {
+        let mut events = simulated(dir.path(), population, weeks * factor);
+        // The last 2,000 events, in 10 commits of 200: within the newest week.
+        let probe: Vec<Event> = events.split_off(events.len() - 2_000);
+        let probes: Vec<&[Event]> = probe.chunks(200).collect();
+        let (median, times) = commit_duration(&runtime, dir.path(), &events, &probes);
+        let shown: Vec<String> = times.iter().map(|t| format!("{:.0}", t * 1e3)).collect();
+        println!(
+            "transform bench: {factor}x history ({} weeks, {} events): commit+derive of 200 new events, median {:.0} ms (each: {} ms)",
+            weeks * factor,
+            events.len(),
+            median * 1e3,
+            shown.join(", ")
+        );
+        medians.push(median);
+    }
+    println!(
+        "transform bench: commit duration growth from 1x to 10x history: {:.2}x",
+        medians[1] / medians[0]
+    );
+}

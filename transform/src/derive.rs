@@ -1,0 +1,877 @@
+//! The derived tables, folded from the bronze table: the state tables
+//! (`referrals`, `appointments`, `followups`, `advice`) and the weekly gold
+//! tables ([`GoldTable`]).
+//!
+//! [`Deriver`] follows the bronze table's versions rather than Kafka, so any
+//! number of bronze writers (one consumer group) feed one derivation, and a
+//! derivation can always be redone from bronze alone (`--rebuild`). It keeps
+//! every entity's state ([`Fold`]) and the weekly aggregates ([`Gold`]) in
+//! memory; each step reads only the files the new bronze versions added and
+//! rewrites only the partitions whose rows changed:
+//!
+//! - state tables are partitioned by `anchor_week`, the Monday of the week of
+//!   the entity's anchor date (a referral's received date, an appointment's
+//!   start, a follow-up's due date, an A&G request's date; 1970-01-05 while
+//!   that date is not known, e.g. only a late outcome has arrived);
+//! - gold tables are partitioned by `week`.
+//!
+//! Every derived commit carries a `txn` action `pathflow-derive` whose
+//! version is the bronze version the table reflects: a restart compares it
+//! with bronze and rewrites a table whole if it lags (a crash between two
+//! tables' commits), and two derivers never write the same version twice.
+//!
+//! `referrals` and `followups` hold values "as of" the end of the newest
+//! week with events (waits so far, overdue days); when that week moves on,
+//! both are rewritten whole, once per week of event time.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Date32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use chrono::{NaiveDate, Utc};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Transaction, Version};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path as StorePath};
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pathflow_schemas::{Event, PseudoId, Week};
+
+use crate::bronze::{UnreadableRow, events_of};
+use crate::commit::open_or_create;
+use crate::fold::{Fold, Touched};
+use crate::gold::{self, Gold, GoldTable};
+use crate::rules;
+use crate::state_tables;
+
+/// The `txn` application id of every derived table's commits.
+pub const DERIVE_APP_ID: &str = "pathflow-derive";
+
+/// The partition column of the state tables.
+pub const STATE_PARTITION: &str = "anchor_week";
+
+/// The partition column of the gold tables.
+pub const GOLD_PARTITION: &str = "week";
+
+/// The partition of an entity whose anchor date is not known yet: a Monday
+/// no real event has, so such rows are easy to find and never mixed with data.
+pub fn unknown_anchor() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 5).expect("a valid date")
+}
+
+/// One derived table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Derived {
+    /// `referrals`, one row per pathway.
+    Referrals,
+    /// `appointments`, one row per appointment.
+    Appointments,
+    /// `followups`, one row per follow-up.
+    Followups,
+    /// `advice`, one row per A&G request.
+    Advice,
+    /// A weekly gold table.
+    Gold(GoldTable),
+}
+
+impl Derived {
+    /// Every derived table: the state tables, then the gold tables.
+    pub fn all() -> Vec<Derived> {
+        let state = [
+            Derived::Referrals,
+            Derived::Appointments,
+            Derived::Followups,
+            Derived::Advice,
+        ];
+        state
+            .into_iter()
+            .chain(GoldTable::ALL.iter().copied().map(Derived::Gold))
+            .collect()
+    }
+
+    /// The table's name (and directory under the tables location).
+    pub fn name(self) -> &'static str {
+        match self {
+            Derived::Referrals => state_tables::REFERRALS_TABLE,
+            Derived::Appointments => state_tables::APPOINTMENTS_TABLE,
+            Derived::Followups => state_tables::FOLLOWUPS_TABLE,
+            Derived::Advice => state_tables::ADVICE_TABLE,
+            Derived::Gold(g) => g.name(),
+        }
+    }
+
+    /// The column the table is partitioned by.
+    pub fn partition_column(self) -> &'static str {
+        match self {
+            Derived::Gold(_) => GOLD_PARTITION,
+            _ => STATE_PARTITION,
+        }
+    }
+
+    /// The table's schema, partition column included.
+    pub fn schema(self) -> SchemaRef {
+        let state = match self {
+            Derived::Referrals => state_tables::referrals_schema(),
+            Derived::Appointments => state_tables::appointments_schema(),
+            Derived::Followups => state_tables::followups_schema(),
+            Derived::Advice => state_tables::advice_schema(),
+            Derived::Gold(g) => return gold::schema(g),
+        };
+        with_anchor_column(&state)
+    }
+
+    /// Whether the rows hold "as of" values, which change when the newest
+    /// week of events moves on.
+    fn has_as_of(self) -> bool {
+        matches!(self, Derived::Referrals | Derived::Followups)
+    }
+}
+
+fn with_anchor_column(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(STATE_PARTITION, DataType::Date32, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Why deriving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeriveError {
+    /// A Delta operation on one table failed.
+    #[error("table {table} at {location}: {source}")]
+    Delta {
+        /// The table.
+        table: String,
+        /// Its location.
+        location: String,
+        /// What deltalake said.
+        source: DeltaTableError,
+    },
+    /// A bronze file could not be read.
+    #[error("bronze file {path}: {reason}")]
+    BronzeFile {
+        /// The file, relative to the bronze table.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A bronze row did not read back as an event.
+    #[error("bronze file {path}: {source}")]
+    BronzeRow {
+        /// The file, relative to the bronze table.
+        path: String,
+        /// The row and the reason.
+        source: UnreadableRow,
+    },
+    /// A derived batch could not be built.
+    #[error("building {table}: {source}")]
+    Batch {
+        /// The table.
+        table: &'static str,
+        /// Arrow's error.
+        source: ArrowError,
+    },
+}
+
+/// What one [`Deriver::catch_up`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeriveReport {
+    /// The bronze version the derived tables now reflect (`None`: no bronze yet).
+    pub bronze_version: Option<Version>,
+    /// Events folded in.
+    pub events: usize,
+    /// Rows written, per table.
+    pub rows: BTreeMap<&'static str, usize>,
+    /// Tables committed.
+    pub commits: usize,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// Which entities sit in which partition of one state table.
+#[derive(Debug, Default)]
+struct Anchors {
+    of: HashMap<PseudoId, NaiveDate>,
+    members: BTreeMap<NaiveDate, BTreeSet<PseudoId>>,
+}
+
+impl Anchors {
+    /// Places `id` in `anchor`'s partition; returns the partitions whose rows changed.
+    fn place(&mut self, id: &PseudoId, anchor: NaiveDate) -> [Option<NaiveDate>; 2] {
+        let old = self.of.insert(id.clone(), anchor);
+        if let Some(old) = old
+            && old != anchor
+            && let Some(set) = self.members.get_mut(&old)
+        {
+            set.remove(id);
+            if set.is_empty() {
+                self.members.remove(&old);
+            }
+        }
+        self.members.entry(anchor).or_default().insert(id.clone());
+        [Some(anchor), old.filter(|o| *o != anchor)]
+    }
+}
+
+fn monday(date: NaiveDate) -> NaiveDate {
+    Week::of(date).monday()
+}
+
+fn date32(d: NaiveDate) -> i32 {
+    (d - NaiveDate::default()).num_days() as i32
+}
+
+/// Pending rewrites, per table: some partitions, or the whole table.
+#[derive(Debug, Default)]
+struct Dirty {
+    partitions: BTreeMap<Derived, BTreeSet<NaiveDate>>,
+    whole: BTreeSet<Derived>,
+}
+
+impl Dirty {
+    fn mark(&mut self, table: Derived, partitions: impl IntoIterator<Item = NaiveDate>) {
+        self.partitions.entry(table).or_default().extend(partitions);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.whole.is_empty() && self.partitions.values().all(BTreeSet::is_empty)
+    }
+}
+
+/// Folds the bronze table into the derived tables, step by step.
+pub struct Deriver {
+    location: String,
+    storage_options: HashMap<String, String>,
+    bronze: DeltaTable,
+    tables: BTreeMap<Derived, DeltaTable>,
+    fold: Fold,
+    gold: Gold,
+    /// The newest event date folded in (UK date of the earlier of occurred and recorded).
+    as_of: Option<NaiveDate>,
+    /// The newest `occurred_at` folded in, in seconds since the epoch.
+    newest: Option<i64>,
+    /// The bronze version folded in; `None` before the first step.
+    folded: Option<Version>,
+    /// The week whose end the state tables' "as of" values are computed on.
+    as_of_week: Option<Week>,
+    anchors: BTreeMap<Derived, Anchors>,
+    dirty: Dirty,
+}
+
+impl Deriver {
+    /// Opens the derived tables under `location` (creating those missing)
+    /// over the bronze table there. Nothing is read until [`catch_up`](Self::catch_up).
+    pub async fn open(
+        location: &str,
+        storage_options: &HashMap<String, String>,
+    ) -> Result<Self, DeriveError> {
+        let root = location.trim_end_matches('/').to_string();
+        let at = |name: &str| format!("{root}/{name}");
+        let bronze = open_or_create(
+            &at(crate::BRONZE_TABLE),
+            storage_options,
+            &pathflow_schemas::bronze::events_schema(),
+            pathflow_schemas::bronze::PARTITION_COLUMN,
+            crate::BRONZE_TABLE,
+            "pathflow bronze: one row per Kafka message that is an event",
+        )
+        .await
+        .map_err(|source| DeriveError::Delta {
+            table: crate::BRONZE_TABLE.to_string(),
+            location: at(crate::BRONZE_TABLE),
+            source,
+        })?;
+        let mut tables = BTreeMap::new();
+        for d in Derived::all() {
+            let table = open_or_create(
+                &at(d.name()),
+                storage_options,
+                &d.schema(),
+                d.partition_column(),
+                d.name(),
+                "pathflow derived table, folded from bronze `events`",
+            )
+            .await
+            .map_err(|source| DeriveError::Delta {
+                table: d.name().to_string(),
+                location: at(d.name()),
+                source,
+            })?;
+            tables.insert(d, table);
+        }
+        Ok(Self {
+            location: root,
+            storage_options: storage_options.clone(),
+            bronze,
+            tables,
+            fold: Fold::new(),
+            gold: Gold::new(),
+            as_of: None,
+            newest: None,
+            folded: None,
+            as_of_week: None,
+            anchors: BTreeMap::new(),
+            dirty: Dirty::default(),
+        })
+    }
+
+    /// The tables' root location.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The storage options the tables are opened with.
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.storage_options
+    }
+
+    /// The bronze version folded in so far.
+    pub fn folded_version(&self) -> Option<Version> {
+        self.folded
+    }
+
+    /// The newest `occurred_at` folded in, in seconds since the epoch (freshness).
+    pub fn newest_event_seconds(&self) -> Option<i64> {
+        self.newest
+    }
+
+    /// The entity states folded so far.
+    pub fn fold(&self) -> &Fold {
+        &self.fold
+    }
+
+    fn delta_err(&self, table: &str, source: DeltaTableError) -> DeriveError {
+        DeriveError::Delta {
+            table: table.to_string(),
+            location: format!("{}/{table}", self.location),
+            source,
+        }
+    }
+
+    /// Folds every bronze version not folded yet and commits the derived
+    /// rows they change. The first call folds the whole bronze table and
+    /// rewrites any derived table that does not reflect its latest version.
+    pub async fn catch_up(&mut self) -> Result<DeriveReport, DeriveError> {
+        self.step(false).await
+    }
+
+    /// Recomputes every derived table from the whole bronze table and
+    /// rewrites each of them, whatever version they reflect.
+    pub async fn rebuild(&mut self) -> Result<DeriveReport, DeriveError> {
+        self.fold = Fold::new();
+        self.gold = Gold::new();
+        self.as_of = None;
+        self.newest = None;
+        self.folded = None;
+        self.as_of_week = None;
+        self.anchors.clear();
+        self.dirty = Dirty::default();
+        self.step(true).await
+    }
+
+    async fn step(&mut self, force: bool) -> Result<DeriveReport, DeriveError> {
+        let started = Instant::now();
+        let bronze_name = crate::BRONZE_TABLE;
+        self.bronze
+            .update_state()
+            .await
+            .map_err(|e| self.delta_err(bronze_name, e))?;
+        let latest = self.bronze.version();
+        let mut report = DeriveReport {
+            bronze_version: latest,
+            ..DeriveReport::default()
+        };
+        let Some(latest) = latest else {
+            return Ok(report);
+        };
+        let store = self.bronze.log_store().object_store(None);
+        let first = self.folded.is_none();
+        let advanced = self.folded != Some(latest);
+        let files: Vec<String> = match self.folded {
+            None => {
+                let snapshot = self
+                    .bronze
+                    .snapshot()
+                    .map_err(|e| self.delta_err(bronze_name, e))?;
+                snapshot
+                    .log_data()
+                    .iter()
+                    .map(|f| f.path().into_owned())
+                    .collect()
+            }
+            Some(done) if done >= latest => Vec::new(),
+            Some(done) => {
+                let mut files = Vec::new();
+                for v in done + 1..=latest {
+                    files.extend(self.added_files(store.as_ref(), v).await?);
+                }
+                files
+            }
+        };
+        let mut touched: Vec<Touched> = Vec::new();
+        for path in &files {
+            let events = read_events(store.as_ref(), path).await?;
+            report.events += events.len();
+            for e in &events {
+                self.see(e);
+                touched.extend(self.fold.apply(e));
+            }
+        }
+        self.folded = Some(latest);
+        if first {
+            // Everything is new: index every entity and aggregate it once.
+            touched = self.every_entity();
+        }
+        self.absorb(&touched);
+
+        // Which tables must be written, and how much of each.
+        for d in Derived::all() {
+            let reflected = self.reflected_version(d).await?;
+            if force || (first && reflected != Some(latest)) {
+                self.dirty.whole.insert(d);
+            } else if reflected.is_some_and(|r| r >= latest) {
+                // Already written (by us before a restart, or by another deriver).
+                self.dirty.partitions.remove(&d);
+                self.dirty.whole.remove(&d);
+            }
+        }
+        if advanced || !self.dirty.is_empty() {
+            self.write(latest, force, &mut report).await?;
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Moves `as_of` to the event's date when it is newer. The earlier of
+    /// occurred and recorded is used, so a mis-keyed future date cannot pull
+    /// the week forward past what the source has recorded.
+    fn see(&mut self, event: &Event) {
+        let at = event.envelope.occurred_at.min(event.envelope.recorded_at);
+        let occurred = event.envelope.occurred_at.timestamp();
+        if self.newest.is_none_or(|n| occurred > n) {
+            self.newest = Some(occurred);
+        }
+        let date = rules::uk_date(at);
+        if self.as_of.is_none_or(|a| date > a) {
+            self.as_of = Some(date);
+        }
+    }
+
+    fn every_entity(&self) -> Vec<Touched> {
+        let f = &self.fold;
+        let mut all: Vec<Touched> = Vec::new();
+        all.extend(
+            f.referrals()
+                .map(|s| Touched::Referral(s.pathway_id().clone())),
+        );
+        all.extend(
+            f.appointments()
+                .map(|s| Touched::Appointment(s.appointment_id().clone())),
+        );
+        all.extend(f.slots().map(|s| Touched::Slot(s.slot_id().clone())));
+        all.extend(
+            f.followups()
+                .map(|s| Touched::Followup(s.followup_id().clone())),
+        );
+        all.extend(
+            f.advice_requests()
+                .map(|s| Touched::Advice(s.advice_id().clone())),
+        );
+        all
+    }
+
+    /// Records what the touched entities change: their state partitions and
+    /// the gold weeks (including weeks the newest week of events adds).
+    fn absorb(&mut self, touched: &[Touched]) {
+        let mut unique: Vec<&Touched> = touched.iter().collect();
+        unique.sort();
+        unique.dedup();
+        for t in &unique {
+            let (table, id, anchor) = match t {
+                Touched::Referral(id) => (
+                    Derived::Referrals,
+                    id,
+                    self.fold.referral(id).and_then(|s| s.received_date()),
+                ),
+                Touched::Appointment(id) => (
+                    Derived::Appointments,
+                    id,
+                    self.fold
+                        .appointment(id)
+                        .and_then(|s| s.start())
+                        .map(rules::uk_date),
+                ),
+                Touched::Followup(id) => (
+                    Derived::Followups,
+                    id,
+                    self.fold.followup(id).and_then(|s| s.due_date()),
+                ),
+                Touched::Advice(id) => (
+                    Derived::Advice,
+                    id,
+                    self.fold
+                        .advice(id)
+                        .and_then(|s| s.requested_at())
+                        .map(rules::uk_date),
+                ),
+                Touched::Slot(_) => continue,
+            };
+            let anchor = anchor.map(monday).unwrap_or_else(unknown_anchor);
+            let changed = self.anchors.entry(table).or_default().place(id, anchor);
+            self.dirty.mark(table, changed.into_iter().flatten());
+        }
+        let unique: Vec<Touched> = unique.into_iter().cloned().collect();
+        let mut changed = self.gold.update(&self.fold, &unique);
+        if let Some(as_of) = self.as_of {
+            changed.merge(self.gold.set_as_of(as_of));
+            let week = Week::of(as_of);
+            if self.as_of_week != Some(week) {
+                // The "as of" values of every open entity move with the week.
+                for d in Derived::all().into_iter().filter(|d| d.has_as_of()) {
+                    self.dirty.whole.insert(d);
+                }
+                self.as_of_week = Some(week);
+            }
+        }
+        for g in GoldTable::ALL.iter().copied() {
+            self.dirty.mark(
+                Derived::Gold(g),
+                changed.weeks(g).iter().map(|w| w.monday()),
+            );
+        }
+    }
+}
+
+impl Deriver {
+    /// The bronze version a derived table's newest commit says it reflects.
+    async fn reflected_version(&mut self, d: Derived) -> Result<Option<Version>, DeriveError> {
+        let table = &self.tables[&d];
+        let log_store = table.log_store();
+        let snapshot = table.snapshot().map_err(|e| self.delta_err(d.name(), e))?;
+        let v = snapshot
+            .transaction_version(log_store.as_ref(), DERIVE_APP_ID)
+            .await
+            .map_err(|e| self.delta_err(d.name(), e))?;
+        Ok(v.and_then(|v| u64::try_from(v).ok()))
+    }
+
+    /// The data files bronze version `v` added (compactions, which add files
+    /// with `dataChange: false`, bring no new events and are skipped).
+    async fn added_files(
+        &self,
+        store: &dyn ObjectStore,
+        v: Version,
+    ) -> Result<Vec<String>, DeriveError> {
+        let entry = deltalake::logstore::read_commit_entry(store, v)
+            .await
+            .map_err(|e| self.delta_err(crate::BRONZE_TABLE, e))?;
+        let Some(entry) = entry else {
+            return Err(DeriveError::BronzeFile {
+                path: format!("_delta_log/{v:020}.json"),
+                reason: "the log entry is missing (was the table vacuumed or rewritten?); \
+                         run `pathflow transform --rebuild`"
+                    .to_string(),
+            });
+        };
+        let mut files = Vec::new();
+        for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let action: serde_json::Value =
+                serde_json::from_slice(line).map_err(|e| DeriveError::BronzeFile {
+                    path: format!("_delta_log/{v:020}.json"),
+                    reason: e.to_string(),
+                })?;
+            if let Some(add) = action.get("add")
+                && add.get("dataChange").and_then(|d| d.as_bool()) != Some(false)
+                && let Some(path) = add.get("path").and_then(|p| p.as_str())
+            {
+                files.push(path_decoded(path));
+            }
+        }
+        Ok(files)
+    }
+
+    /// Writes every pending rewrite, one Delta commit per table, each with
+    /// the `txn` of `version`.
+    async fn write(
+        &mut self,
+        version: Version,
+        force: bool,
+        report: &mut DeriveReport,
+    ) -> Result<(), DeriveError> {
+        let dirty = std::mem::take(&mut self.dirty);
+        // Every table gets a commit, if only of its `txn`: a table the new
+        // events did not change still reflects the new bronze version, and a
+        // restart must be able to tell.
+        for d in Derived::all() {
+            let whole = dirty.whole.contains(&d);
+            let partitions: BTreeSet<NaiveDate> = if whole {
+                self.partitions_of(d)
+            } else {
+                dirty.partitions.get(&d).cloned().unwrap_or_default()
+            };
+            let batches = self.batches(d, &partitions)?;
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let scope = if whole { None } else { Some(&partitions) };
+            if self.replace(d, scope, batches, version, force).await? {
+                *report.rows.entry(d.name()).or_default() += rows;
+                report.commits += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every partition the table has rows in, in memory.
+    fn partitions_of(&self, d: Derived) -> BTreeSet<NaiveDate> {
+        match d {
+            Derived::Gold(g) => self.gold.weeks(g).iter().map(|w| w.monday()).collect(),
+            _ => self
+                .anchors
+                .get(&d)
+                .map(|a| a.members.keys().copied().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The complete rows of `partitions` of one table.
+    fn batches(
+        &self,
+        d: Derived,
+        partitions: &BTreeSet<NaiveDate>,
+    ) -> Result<Vec<RecordBatch>, DeriveError> {
+        let err = |source| DeriveError::Batch {
+            table: d.name(),
+            source,
+        };
+        if let Derived::Gold(g) = d {
+            let weeks: BTreeSet<Week> = partitions.iter().map(|m| Week::of(*m)).collect();
+            let batch = self.gold.batch(g, &weeks).map_err(err)?;
+            return Ok(vec![batch]);
+        }
+        let as_of = rules::week_end(self.as_of_week.unwrap_or(Week::of(unknown_anchor())));
+        let mut out = Vec::new();
+        let Some(anchors) = self.anchors.get(&d) else {
+            return Ok(out);
+        };
+        for p in partitions {
+            let Some(ids) = anchors.members.get(p) else {
+                continue;
+            };
+            let f = &self.fold;
+            let batch = match d {
+                Derived::Referrals => {
+                    state_tables::referrals_batch(ids.iter().filter_map(|i| f.referral(i)), as_of)
+                }
+                Derived::Appointments => {
+                    state_tables::appointments_batch(ids.iter().filter_map(|i| f.appointment(i)))
+                }
+                Derived::Followups => {
+                    state_tables::followups_batch(ids.iter().filter_map(|i| f.followup(i)), as_of)
+                }
+                Derived::Advice => {
+                    state_tables::advice_batch(ids.iter().filter_map(|i| f.advice(i)))
+                }
+                Derived::Gold(_) => unreachable!("gold handled above"),
+            }
+            .map_err(err)?;
+            let anchor: ArrayRef = Arc::new(Date32Array::from(vec![date32(*p); batch.num_rows()]));
+            let mut columns = batch.columns().to_vec();
+            columns.push(anchor);
+            out.push(RecordBatch::try_new(d.schema(), columns).map_err(err)?);
+        }
+        Ok(out)
+    }
+
+    /// Replaces the rows of `partitions` (every partition when `None`) of one
+    /// table with `batches`, in one commit carrying the derive `txn`. False
+    /// when the table already reflects `version` (nothing written) unless
+    /// `force` (a rebuild).
+    async fn replace(
+        &mut self,
+        d: Derived,
+        partitions: Option<&BTreeSet<NaiveDate>>,
+        batches: Vec<RecordBatch>,
+        version: Version,
+        force: bool,
+    ) -> Result<bool, DeriveError> {
+        let column = d.partition_column();
+        let names: Option<BTreeSet<String>> =
+            partitions.map(|p| p.iter().map(|d| d.format("%Y-%m-%d").to_string()).collect());
+        let predicate = names.as_ref().map(|n| {
+            let list: Vec<String> = n.iter().map(|d| format!("'{d}'")).collect();
+            format!("{column} IN ({})", list.join(", "))
+        });
+        let mut attempts = 0;
+        loop {
+            if !(force && attempts == 0)
+                && self
+                    .reflected_version(d)
+                    .await?
+                    .is_some_and(|r| r >= version)
+            {
+                return Ok(false);
+            }
+            let table = self.tables.get(&d).expect("every derived table is open");
+            let snapshot = table.snapshot().map_err(|e| self.delta_err(d.name(), e))?;
+            let removes: Vec<Action> = snapshot
+                .log_data()
+                .iter()
+                .filter(|f| match &names {
+                    None => true,
+                    Some(n) => f
+                        .partition_values_map()
+                        .get(column)
+                        .and_then(|v| v.as_ref())
+                        .is_some_and(|v| n.contains(v)),
+                })
+                .map(|f| Action::Remove(f.remove_action(true)))
+                .collect();
+            let mut writer =
+                RecordBatchWriter::for_table(table).map_err(|e| self.delta_err(d.name(), e))?;
+            for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+                writer
+                    .write(batch.clone())
+                    .await
+                    .map_err(|e| self.delta_err(d.name(), e))?;
+            }
+            let adds = writer
+                .flush()
+                .await
+                .map_err(|e| self.delta_err(d.name(), e))?;
+            let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+            actions.extend(removes);
+            let txn = Transaction::new_with_last_update(
+                DERIVE_APP_ID,
+                i64::try_from(version).unwrap_or(i64::MAX),
+                Some(Utc::now().timestamp_millis()),
+            );
+            let operation = DeltaOperation::Write {
+                mode: SaveMode::Overwrite,
+                partition_by: Some(vec![column.to_string()]),
+                predicate: predicate.clone(),
+            };
+            let result =
+                CommitBuilder::from(CommitProperties::default().with_application_transaction(txn))
+                    .with_actions(actions)
+                    .build(Some(snapshot), table.log_store(), operation)
+                    .await;
+            match result {
+                Ok(done) => {
+                    let snapshot = done.snapshot();
+                    self.tables
+                        .get_mut(&d)
+                        .expect("every derived table is open")
+                        .state = Some(snapshot);
+                    return Ok(true);
+                }
+                Err(DeltaTableError::Transaction {
+                    source: TransactionError::CommitConflict(_),
+                }) if attempts < 3 => {
+                    // Another deriver committed: re-read, and either find our
+                    // version written or try again on top of theirs.
+                    attempts += 1;
+                    let table = self
+                        .tables
+                        .get_mut(&d)
+                        .expect("every derived table is open");
+                    let updated = table.update_state().await;
+                    updated.map_err(|e| self.delta_err(d.name(), e))?;
+                }
+                Err(e) => return Err(self.delta_err(d.name(), e)),
+            }
+        }
+    }
+}
+
+/// A DataFusion session over every table under `location` (bronze, state
+/// and gold), each registered by its name at its newest version: what the
+/// tests, the benchmarks and the SQL endpoint read the tables through.
+pub async fn sql_session(
+    location: &str,
+    storage_options: &HashMap<String, String>,
+) -> Result<datafusion::prelude::SessionContext, DeriveError> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    let root = location.trim_end_matches('/');
+    let names: Vec<&'static str> = std::iter::once(crate::BRONZE_TABLE)
+        .chain(Derived::all().into_iter().map(Derived::name))
+        .collect();
+    for name in names {
+        let at = format!("{root}/{name}");
+        let failed = |source| DeriveError::Delta {
+            table: name.to_string(),
+            location: at.clone(),
+            source,
+        };
+        let url = deltalake::ensure_table_uri(&at).map_err(failed)?;
+        let table = deltalake::DeltaTableBuilder::from_url(url)
+            .map_err(failed)?
+            .with_storage_options(storage_options.clone())
+            .load()
+            .await
+            .map_err(failed)?;
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(failed)?;
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| failed(DeltaTableError::from(e)))?;
+        ctx.register_table(name, provider)
+            .map_err(|e| failed(DeltaTableError::from(e)))?;
+    }
+    Ok(ctx)
+}
+
+/// A path as the Delta log stores it (percent-encoded) → as the store names it.
+fn path_decoded(path: &str) -> String {
+    let mut out = Vec::with_capacity(path.len());
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&path[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The events of one bronze data file.
+async fn read_events(store: &dyn ObjectStore, path: &str) -> Result<Vec<Event>, DeriveError> {
+    let failed = |reason: String| DeriveError::BronzeFile {
+        path: path.to_string(),
+        reason,
+    };
+    let location = StorePath::parse(path).map_err(|e| failed(e.to_string()))?;
+    let bytes: Bytes = store
+        .get(&location)
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .bytes()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| failed(e.to_string()))?
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let mut events = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| failed(e.to_string()))?;
+        events.extend(events_of(&batch).map_err(|source| DeriveError::BronzeRow {
+            path: path.to_string(),
+            source,
+        })?);
+    }
+    Ok(events)
+}
