@@ -614,7 +614,12 @@ impl Deriver {
             } else {
                 dirty.partitions.get(&d).cloned().unwrap_or_default()
             };
-            let batches = self.batches(d, &partitions)?;
+            let batches = self
+                .batches(d, &partitions)
+                .map_err(|source| DeriveError::Batch {
+                    table: d.name(),
+                    source,
+                })?;
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
             let scope = if whole { None } else { Some(&partitions) };
             if self.replace(d, scope, batches, version, force).await? {
@@ -637,19 +642,16 @@ impl Deriver {
         }
     }
 
-    /// The complete rows of `partitions` of one table.
+    /// The complete rows of `partitions` of one table. (Arrow's error, not
+    /// [`DeriveError`], whose Delta variant is too large for a sync `Result`.)
     fn batches(
         &self,
         d: Derived,
         partitions: &BTreeSet<NaiveDate>,
-    ) -> Result<Vec<RecordBatch>, DeriveError> {
-        let err = |source| DeriveError::Batch {
-            table: d.name(),
-            source,
-        };
+    ) -> Result<Vec<RecordBatch>, ArrowError> {
         if let Derived::Gold(g) = d {
             let weeks: BTreeSet<Week> = partitions.iter().map(|m| Week::of(*m)).collect();
-            let batch = self.gold.batch(g, &weeks).map_err(err)?;
+            let batch = self.gold.batch(g, &weeks)?;
             return Ok(vec![batch]);
         }
         let as_of = rules::week_end(self.as_of_week.unwrap_or(Week::of(unknown_anchor())));
@@ -676,12 +678,11 @@ impl Deriver {
                     state_tables::advice_batch(ids.iter().filter_map(|i| f.advice(i)))
                 }
                 Derived::Gold(_) => unreachable!("gold handled above"),
-            }
-            .map_err(err)?;
+            }?;
             let anchor: ArrayRef = Arc::new(Date32Array::from(vec![date32(*p); batch.num_rows()]));
             let mut columns = batch.columns().to_vec();
             columns.push(anchor);
-            out.push(RecordBatch::try_new(d.schema(), columns).map_err(err)?);
+            out.push(RecordBatch::try_new(d.schema(), columns)?);
         }
         Ok(out)
     }

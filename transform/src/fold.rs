@@ -1333,109 +1333,12 @@ mod tests {
     use pathflow_schemas::event::*;
     use proptest::prelude::*;
 
-    /// Builds events with fresh ids, recorded a day after they happened.
-    #[derive(Default)]
-    struct Log {
-        n: u32,
-        events: Vec<Event>,
-    }
-
-    impl Log {
-        fn recorded(
-            &mut self,
-            at: DateTime<Utc>,
-            recorded_at: DateTime<Utc>,
-            payload: Payload,
-        ) -> Event {
-            self.n += 1;
-            let event = testing::event(self.n, at, recorded_at, "test:fold", payload);
-            self.events.push(event.clone());
-            event
-        }
-
-        fn at(&mut self, at: DateTime<Utc>, payload: Payload) -> Event {
-            self.recorded(at, at + Duration::days(1), payload)
-        }
-    }
-
     fn fold(events: &[Event]) -> Fold {
         let mut f = Fold::new();
         for e in events {
             f.apply(e);
         }
         f
-    }
-
-    fn created(p: &PseudoId, n: u32, from_advice: Option<PseudoId>) -> Payload {
-        Payload::ReferralCreated(ReferralCreated {
-            pathway_id: p.clone(),
-            patient: patient(n),
-            priority: Priority::Routine,
-            referral_source: ReferralSource::Gp,
-            from_advice,
-        })
-    }
-
-    fn triaged(p: &PseudoId, outcome: TriageOutcome) -> Payload {
-        Payload::ReferralTriaged(ReferralTriaged {
-            pathway_id: p.clone(),
-            outcome,
-            redirected_to: (outcome == TriageOutcome::Redirected)
-                .then_some(TreatmentFunction::Rheumatology),
-        })
-    }
-
-    fn started(p: &PseudoId) -> Payload {
-        Payload::ClockStarted(ClockStarted {
-            pathway_id: p.clone(),
-            reason: ClockStartReason::FirstActivity,
-        })
-    }
-
-    fn stopped(p: &PseudoId, reason: ClockStopReason) -> Payload {
-        Payload::ClockStopped(ClockStopped {
-            pathway_id: p.clone(),
-            reason,
-        })
-    }
-
-    fn discharged(p: &PseudoId) -> Payload {
-        Payload::ReferralDischarged(ReferralDischarged {
-            pathway_id: p.clone(),
-        })
-    }
-
-    fn op_booked(
-        a: &PseudoId,
-        p: &PseudoId,
-        n: u32,
-        start: DateTime<Utc>,
-        contact: ContactType,
-        followup_id: Option<PseudoId>,
-    ) -> Payload {
-        Payload::AppointmentBooked(AppointmentBooked {
-            appointment_id: a.clone(),
-            slot_id: None,
-            patient: patient(n),
-            start,
-            kind: AppointmentKind::Outpatient {
-                pathway_id: p.clone(),
-                contact,
-                followup_id,
-            },
-        })
-    }
-
-    fn attended(a: &PseudoId) -> Payload {
-        Payload::AppointmentAttended(AppointmentAttended {
-            appointment_id: a.clone(),
-        })
-    }
-
-    fn dna(a: &PseudoId) -> Payload {
-        Payload::AppointmentDidNotAttend(AppointmentDidNotAttend {
-            appointment_id: a.clone(),
-        })
     }
 
     #[test]
@@ -1499,7 +1402,7 @@ mod tests {
         log.at(day(0), started(&p));
         log.at(
             day(1),
-            op_booked(&a, &p, 2, time(30, 10), ContactType::First, None),
+            op_booked_for(&a, &p, 2, time(30, 10), ContactType::First, None),
         );
         log.at(time(30, 10), dna(&a));
         // The DNA nullifies the first clock; the patient rebooks on day 33.
@@ -1577,15 +1480,15 @@ mod tests {
         log.at(time(20, 9), attended(&a3));
         log.at(
             day(1),
-            op_booked(&a1, &p, 5, time(30, 9), ContactType::First, None),
+            op_booked_for(&a1, &p, 5, time(30, 9), ContactType::First, None),
         );
         log.at(
             day(31),
-            op_booked(&a2, &p, 5, time(40, 9), ContactType::First, None),
+            op_booked_for(&a2, &p, 5, time(40, 9), ContactType::First, None),
         );
         log.at(
             day(2),
-            op_booked(&a3, &p, 5, time(20, 9), ContactType::FollowUp, None),
+            op_booked_for(&a3, &p, 5, time(20, 9), ContactType::FollowUp, None),
         );
         let f = fold(&log.events);
         let r = f.referral(&p).unwrap();
@@ -1609,7 +1512,7 @@ mod tests {
         let mut log = Log::default();
         log.at(
             booked_at,
-            op_booked(&a, &p, 6, time(14, 9), ContactType::First, None),
+            op_booked_for(&a, &p, 6, time(14, 9), ContactType::First, None),
         );
         log.at(
             booked_at,
@@ -1651,9 +1554,9 @@ mod tests {
         let mut log = Log::default();
         log.at(
             day(0),
-            op_booked(&a, &p, 7, start, ContactType::First, None),
+            op_booked_for(&a, &p, 7, start, ContactType::First, None),
         );
-        let first = log.recorded(start, day(15), attended(&a));
+        let first = log.recorded(start, day(15), attended(&a)).clone();
         // A later extract says the patient did not attend: same time, later recording.
         log.recorded(start, day(22), dna(&a));
         let mut resent = first.clone();
@@ -1753,24 +1656,11 @@ mod tests {
     fn a_slot_is_withdrawn_whatever_the_order() {
         let slot = id(3, 10);
         let mut log = Log::default();
-        log.at(
-            time(10, 9),
-            Payload::SlotPublished(SlotPublished {
-                slot_id: slot.clone(),
-                start: time(10, 9),
-                duration_minutes: 15,
-                kind: SlotKind::Outpatient {
-                    contact: ContactType::First,
-                },
-            }),
-        );
-        log.at(
-            day(3),
-            Payload::SlotWithdrawn(SlotWithdrawn {
-                slot_id: slot.clone(),
-                reason: SlotWithdrawReason::ClinicCancelled,
-            }),
-        );
+        let first = SlotKind::Outpatient {
+            contact: ContactType::First,
+        };
+        log.at(time(10, 9), testing::slot(&slot, time(10, 9), first));
+        log.at(day(3), withdrawn(&slot));
         let f = fold(&log.events);
         let s = f.slot(&slot).unwrap();
         assert!(s.is_published());
@@ -1824,13 +1714,7 @@ mod tests {
         assert_eq!(s.booked_appointment(), Some(&a));
         assert_eq!(s.overdue_days_at(date(56)), Some(14));
 
-        log.at(
-            day(60),
-            Payload::FollowupCompleted(FollowupCompleted {
-                followup_id: fu.clone(),
-                pathway_id: p.clone(),
-            }),
-        );
+        log.at(day(60), completed(&fu, &p));
         let f = fold(&log.events);
         let s = f.followup(&fu).unwrap();
         assert_eq!(s.status(), FollowupStatus::Completed);
@@ -1868,20 +1752,8 @@ mod tests {
                 outcome: AdviceOutcome::MoreInformationRequested,
             }),
         );
-        log.at(
-            time(4, 11),
-            Payload::AdviceResponded(AdviceResponded {
-                advice_id: adv.clone(),
-                outcome: AdviceOutcome::ReferralAdvised,
-            }),
-        );
-        log.at(
-            time(5, 9),
-            Payload::AdviceConverted(AdviceConverted {
-                advice_id: adv.clone(),
-                pathway_id: p.clone(),
-            }),
-        );
+        log.at(time(4, 11), advice_responded(&adv));
+        log.at(time(5, 9), advice_converted(&adv, &p));
         log.at(day(5), created(&p, 12, None));
         let f = fold(&log.events);
         let s = f.advice(&adv).unwrap();
@@ -1927,7 +1799,7 @@ mod tests {
             day(20),
             stopped(&p, ClockStopReason::FirstDefinitiveTreatment),
         );
-        let touched = back.apply(&stop);
+        let touched = back.apply(stop);
         assert_eq!(touched, vec![Touched::Referral(p.clone())]);
         assert_eq!(back, fold(&log.events));
         assert_eq!(back.referral(&p).unwrap().final_wait_weeks(), Some(2));
@@ -1989,20 +1861,8 @@ mod tests {
                     patient: patient(i),
                 }),
             );
-            log.at(
-                time(b - 3, 14),
-                Payload::AdviceResponded(AdviceResponded {
-                    advice_id: adv.clone(),
-                    outcome: AdviceOutcome::ReferralAdvised,
-                }),
-            );
-            log.at(
-                day(b),
-                Payload::AdviceConverted(AdviceConverted {
-                    advice_id: adv.clone(),
-                    pathway_id: p.clone(),
-                }),
-            );
+            log.at(time(b - 3, 14), advice_responded(adv));
+            log.at(day(b), advice_converted(adv, &p));
         }
         log.at(day(b), created(&p, i, advice));
         log.at(day(b), started(&p));
@@ -2070,7 +1930,7 @@ mod tests {
         let mut start = time(b + 20, 10);
         log.at(
             booked_at,
-            op_booked(&first, &p, i, start, ContactType::First, None),
+            op_booked_for(&first, &p, i, start, ContactType::First, None),
         );
         if s.moved {
             start = time(b + 24, 10);
@@ -2095,18 +1955,14 @@ mod tests {
             let second = id(2, i * 10 + 1);
             log.at(
                 time(seen + 3, 11),
-                op_booked(&second, &p, i, time(seen + 17, 9), ContactType::First, None),
+                op_booked_for(&second, &p, i, time(seen + 17, 9), ContactType::First, None),
             );
             seen += 17;
             log.at(time(seen, 9), attended(&second));
         } else {
-            let att = log.recorded(start, start + Duration::days(1), attended(&first));
+            let recorded = log.at(start, attended(&first)).envelope.recorded_at;
             if s.corrected_outcome {
-                log.recorded(
-                    start,
-                    att.envelope.recorded_at + Duration::days(7),
-                    dna(&first),
-                );
+                log.recorded(start, recorded + Duration::days(7), dna(&first));
             }
         }
         if s.stop_at_first {
@@ -2132,7 +1988,7 @@ mod tests {
             let fu_start = time(seen + 40, 9);
             log.at(
                 booked,
-                op_booked(
+                op_booked_for(
                     &appt,
                     &p,
                     i,
@@ -2161,13 +2017,7 @@ mod tests {
                 );
             } else {
                 log.at(fu_start, attended(&appt));
-                log.at(
-                    day(seen),
-                    Payload::FollowupCompleted(FollowupCompleted {
-                        followup_id: fu,
-                        pathway_id: p.clone(),
-                    }),
-                );
+                log.at(day(seen), completed(&fu, &p));
             }
         }
         if !s.stop_at_first {
@@ -2225,17 +2075,23 @@ mod tests {
 }
 
 /// Events for the transform's unit tests: ids, UK days and times from Monday
-/// 5 May 2025, and an event builder whose GP events carry a practice only.
+/// 5 May 2025, an event builder whose GP events carry a practice only, a
+/// [`testing::Log`] of events and one builder per payload the tests use, so
+/// the fold, gold and SQL tests describe their data the same way.
 #[cfg(test)]
 pub(crate) mod testing {
     use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
-    use pathflow_schemas::codes::{Sex, TreatmentFunction};
-    use pathflow_schemas::event::{
-        AppointmentBooked, AppointmentKind, Envelope, Payload, SlotKind, SlotPublished,
+    use pathflow_schemas::codes::{
+        AdviceOutcome, AppointmentMode, AppointmentStatus, CancelledBy, ClockStartReason,
+        ClockStopReason, ContactType, HcpType, NationalCategory, Priority, ReferralSource, Sex,
+        SlotWithdrawReason, TreatmentFunction, TriageOutcome,
     };
+    use pathflow_schemas::event::*;
     use pathflow_schemas::{
         AgeBand, Event, EventId, OdsCode, Patient, PseudoId, SCHEMA_VERSION, SourceName, uk_time,
     };
+
+    use super::Fold;
 
     pub fn id(tag: u8, n: u32) -> PseudoId {
         let mut b = [tag; 16];
@@ -2306,5 +2162,261 @@ pub(crate) mod testing {
             },
             payload,
         }
+    }
+
+    // ---- a log of events ----------------------------------------------------
+
+    /// Events with fresh ids (practice Y01234; provider RX1 and specialty 110
+    /// unless GP), recorded a day after they happened unless told otherwise.
+    #[derive(Default)]
+    pub struct Log {
+        n: u32,
+        /// Every event made, in order.
+        pub events: Vec<Event>,
+    }
+
+    impl Log {
+        /// Adds an event that happened `at` and was recorded `recorded_at`;
+        /// the returned event can still be changed (its envelope's orgs).
+        pub fn recorded(
+            &mut self,
+            at: DateTime<Utc>,
+            recorded_at: DateTime<Utc>,
+            payload: Payload,
+        ) -> &mut Event {
+            self.n += 1;
+            let e = event(self.n, at, recorded_at, "test:log", payload);
+            self.events.push(e);
+            let last = self.events.len() - 1;
+            &mut self.events[last]
+        }
+
+        /// Adds an event that happened `at`, recorded a day later.
+        pub fn at(&mut self, at: DateTime<Utc>, payload: Payload) -> &mut Event {
+            self.recorded(at, at + Duration::days(1), payload)
+        }
+
+        /// Every event folded, in order.
+        pub fn fold(&self) -> Fold {
+            let mut f = Fold::new();
+            for e in &self.events {
+                f.apply(e);
+            }
+            f
+        }
+
+        /// A routine GP referral received and its clock started on `start`.
+        pub fn pathway(&mut self, p: &PseudoId, n: u32, start: i64, from_advice: Option<PseudoId>) {
+            self.at(day(start), created(p, n, from_advice));
+            self.at(day(start), started(p));
+        }
+    }
+
+    // ---- payloads -------------------------------------------------------------
+
+    /// A routine GP referral of patient `n`.
+    pub fn created(p: &PseudoId, n: u32, from_advice: Option<PseudoId>) -> Payload {
+        referred(p, n, Priority::Routine, from_advice)
+    }
+
+    /// A GP referral of patient `n` with `priority`.
+    pub fn referred(
+        p: &PseudoId,
+        n: u32,
+        priority: Priority,
+        from_advice: Option<PseudoId>,
+    ) -> Payload {
+        Payload::ReferralCreated(ReferralCreated {
+            pathway_id: p.clone(),
+            patient: patient(n),
+            priority,
+            referral_source: ReferralSource::Gp,
+            from_advice,
+        })
+    }
+
+    /// The triage decision `outcome` (a redirection goes to rheumatology).
+    pub fn triaged(p: &PseudoId, outcome: TriageOutcome) -> Payload {
+        Payload::ReferralTriaged(ReferralTriaged {
+            pathway_id: p.clone(),
+            outcome,
+            redirected_to: (outcome == TriageOutcome::Redirected)
+                .then_some(TreatmentFunction::Rheumatology),
+        })
+    }
+
+    /// The RTT clock starts (first activity).
+    pub fn started(p: &PseudoId) -> Payload {
+        Payload::ClockStarted(ClockStarted {
+            pathway_id: p.clone(),
+            reason: ClockStartReason::FirstActivity,
+        })
+    }
+
+    /// The RTT clock stops for `reason`.
+    pub fn stopped(p: &PseudoId, reason: ClockStopReason) -> Payload {
+        Payload::ClockStopped(ClockStopped {
+            pathway_id: p.clone(),
+            reason,
+        })
+    }
+
+    /// The pathway is discharged.
+    pub fn discharged(p: &PseudoId) -> Payload {
+        Payload::ReferralDischarged(ReferralDischarged {
+            pathway_id: p.clone(),
+        })
+    }
+
+    /// An outpatient appointment of patient 1 on pathway `p`, no slot or follow-up.
+    pub fn op_booked(
+        a: &PseudoId,
+        p: &PseudoId,
+        start: DateTime<Utc>,
+        contact: ContactType,
+    ) -> Payload {
+        op_booked_for(a, p, 1, start, contact, None)
+    }
+
+    /// An outpatient appointment of patient `n` on pathway `p`, no slot.
+    pub fn op_booked_for(
+        a: &PseudoId,
+        p: &PseudoId,
+        n: u32,
+        start: DateTime<Utc>,
+        contact: ContactType,
+        followup_id: Option<PseudoId>,
+    ) -> Payload {
+        Payload::AppointmentBooked(AppointmentBooked {
+            appointment_id: a.clone(),
+            slot_id: None,
+            patient: patient(n),
+            start,
+            kind: AppointmentKind::Outpatient {
+                pathway_id: p.clone(),
+                contact,
+                followup_id,
+            },
+        })
+    }
+
+    /// A routine GP consultation of patient 1, no slot.
+    pub fn gp_booked(
+        a: &PseudoId,
+        start: DateTime<Utc>,
+        mode: AppointmentMode,
+        hcp: HcpType,
+    ) -> Payload {
+        Payload::AppointmentBooked(AppointmentBooked {
+            appointment_id: a.clone(),
+            slot_id: None,
+            patient: patient(1),
+            start,
+            kind: AppointmentKind::Gp {
+                mode,
+                hcp_type: hcp,
+                national_category: NationalCategory::GeneralConsultationRoutine,
+            },
+        })
+    }
+
+    /// The patient attended appointment `a`.
+    pub fn attended(a: &PseudoId) -> Payload {
+        Payload::AppointmentAttended(AppointmentAttended {
+            appointment_id: a.clone(),
+        })
+    }
+
+    /// The patient did not attend appointment `a`.
+    pub fn dna(a: &PseudoId) -> Payload {
+        Payload::AppointmentDidNotAttend(AppointmentDidNotAttend {
+            appointment_id: a.clone(),
+        })
+    }
+
+    /// The event that gives appointment `a` the outcome `status` (none for booked).
+    pub fn outcome(a: &PseudoId, status: AppointmentStatus) -> Option<Payload> {
+        let appointment_id = a.clone();
+        let by = match status {
+            AppointmentStatus::Booked => return None,
+            AppointmentStatus::Attended => return Some(attended(a)),
+            AppointmentStatus::DidNotAttend => return Some(dna(a)),
+            AppointmentStatus::CancelledByPatient => CancelledBy::Patient,
+            AppointmentStatus::CancelledByProvider => CancelledBy::Provider,
+        };
+        Some(Payload::AppointmentCancelled(AppointmentCancelled {
+            appointment_id,
+            by,
+        }))
+    }
+
+    /// A 15-minute slot of `kind` starting `start`.
+    pub fn slot(s: &PseudoId, start: DateTime<Utc>, kind: SlotKind) -> Payload {
+        Payload::SlotPublished(SlotPublished {
+            slot_id: s.clone(),
+            start,
+            duration_minutes: 15,
+            kind,
+        })
+    }
+
+    /// A routine face-to-face GP slot.
+    pub fn gp_slot_kind() -> SlotKind {
+        SlotKind::Gp {
+            mode: AppointmentMode::FaceToFace,
+            hcp_type: HcpType::Gp,
+            national_category: NationalCategory::GeneralConsultationRoutine,
+        }
+    }
+
+    /// Slot `s` withdrawn: the clinic was cancelled.
+    pub fn withdrawn(s: &PseudoId) -> Payload {
+        Payload::SlotWithdrawn(SlotWithdrawn {
+            slot_id: s.clone(),
+            reason: SlotWithdrawReason::ClinicCancelled,
+        })
+    }
+
+    /// A follow-up of patient 1 on pathway `p`, due on day `due`.
+    pub fn required(f: &PseudoId, p: &PseudoId, due: i64, pifu: bool) -> Payload {
+        Payload::FollowupRequired(FollowupRequired {
+            followup_id: f.clone(),
+            pathway_id: p.clone(),
+            patient: patient(1),
+            due_date: date(due),
+            pifu,
+        })
+    }
+
+    /// Follow-up `f` completed.
+    pub fn completed(f: &PseudoId, p: &PseudoId) -> Payload {
+        Payload::FollowupCompleted(FollowupCompleted {
+            followup_id: f.clone(),
+            pathway_id: p.clone(),
+        })
+    }
+
+    /// An A&G request about patient 1.
+    pub fn advice_requested(a: &PseudoId) -> Payload {
+        Payload::AdviceRequested(AdviceRequested {
+            advice_id: a.clone(),
+            patient: patient(1),
+        })
+    }
+
+    /// The specialist answers A&G request `a`, advising a referral.
+    pub fn advice_responded(a: &PseudoId) -> Payload {
+        Payload::AdviceResponded(AdviceResponded {
+            advice_id: a.clone(),
+            outcome: AdviceOutcome::ReferralAdvised,
+        })
+    }
+
+    /// A&G request `a` becomes pathway `p`.
+    pub fn advice_converted(a: &PseudoId, p: &PseudoId) -> Payload {
+        Payload::AdviceConverted(AdviceConverted {
+            advice_id: a.clone(),
+            pathway_id: p.clone(),
+        })
     }
 }

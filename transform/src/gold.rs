@@ -1385,212 +1385,23 @@ pub fn schema(table: GoldTable) -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fold::testing::{date, day, event, id, ods, patient, time};
+    use crate::fold::testing::*;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, Int64Type};
-    use chrono::{DateTime, Utc};
-    use pathflow_schemas::codes::{
-        AdviceOutcome, CancelledBy, ClockStartReason, ClockStopReason, FollowupCancelReason,
-        NationalCategory, ReferralSource, SlotWithdrawReason,
-    };
+    use pathflow_schemas::codes::{ClockStopReason, FollowupCancelReason};
     use pathflow_schemas::event::*;
-    use pathflow_schemas::{Event, Payload, PseudoId};
+    use pathflow_schemas::{Event, Payload};
     use proptest::prelude::*;
 
-    // ---- events -------------------------------------------------------------
-
-    /// Events with fresh ids, recorded a day after they happened.
-    #[derive(Default)]
-    struct Log {
-        n: u32,
-        events: Vec<Event>,
+    /// The gold rows of a log's events, as of `as_of`.
+    trait GoldOf {
+        fn gold(&self, as_of: NaiveDate) -> Gold;
     }
 
-    impl Log {
-        fn at(&mut self, at: DateTime<Utc>, payload: Payload) -> &mut Event {
-            self.n += 1;
-            let e = event(self.n, at, at + Duration::days(1), "test:gold", payload);
-            self.events.push(e);
-            let last = self.events.len() - 1;
-            &mut self.events[last]
-        }
-
-        fn fold(&self) -> Fold {
-            let mut f = Fold::new();
-            for e in &self.events {
-                f.apply(e);
-            }
-            f
-        }
-
+    impl GoldOf for Log {
         fn gold(&self, as_of: NaiveDate) -> Gold {
             Gold::rebuild(&self.fold(), Some(as_of))
         }
-
-        /// A routine GP referral received and its clock started on `start`.
-        fn pathway(&mut self, p: &PseudoId, n: u32, start: i64, from_advice: Option<PseudoId>) {
-            self.at(day(start), created(p, n, from_advice));
-            self.at(day(start), started(p));
-        }
-    }
-
-    fn created(p: &PseudoId, n: u32, from_advice: Option<PseudoId>) -> Payload {
-        Payload::ReferralCreated(ReferralCreated {
-            pathway_id: p.clone(),
-            patient: patient(n),
-            priority: Priority::Routine,
-            referral_source: ReferralSource::Gp,
-            from_advice,
-        })
-    }
-
-    fn started(p: &PseudoId) -> Payload {
-        Payload::ClockStarted(ClockStarted {
-            pathway_id: p.clone(),
-            reason: ClockStartReason::FirstActivity,
-        })
-    }
-
-    fn stopped(p: &PseudoId, reason: ClockStopReason) -> Payload {
-        Payload::ClockStopped(ClockStopped {
-            pathway_id: p.clone(),
-            reason,
-        })
-    }
-
-    fn triaged(p: &PseudoId, outcome: TriageOutcome) -> Payload {
-        Payload::ReferralTriaged(ReferralTriaged {
-            pathway_id: p.clone(),
-            outcome,
-            redirected_to: (outcome == TriageOutcome::Redirected)
-                .then_some(TreatmentFunction::Rheumatology),
-        })
-    }
-
-    fn op_booked(
-        a: &PseudoId,
-        p: &PseudoId,
-        start: DateTime<Utc>,
-        contact: ContactType,
-    ) -> Payload {
-        Payload::AppointmentBooked(AppointmentBooked {
-            appointment_id: a.clone(),
-            slot_id: None,
-            patient: patient(1),
-            start,
-            kind: AppointmentKind::Outpatient {
-                pathway_id: p.clone(),
-                contact,
-                followup_id: None,
-            },
-        })
-    }
-
-    fn gp_booked(
-        a: &PseudoId,
-        start: DateTime<Utc>,
-        mode: AppointmentMode,
-        hcp: HcpType,
-    ) -> Payload {
-        Payload::AppointmentBooked(AppointmentBooked {
-            appointment_id: a.clone(),
-            slot_id: None,
-            patient: patient(1),
-            start,
-            kind: AppointmentKind::Gp {
-                mode,
-                hcp_type: hcp,
-                national_category: NationalCategory::GeneralConsultationRoutine,
-            },
-        })
-    }
-
-    /// The event that gives appointment `a` the outcome `status`.
-    fn outcome(a: &PseudoId, status: AppointmentStatus) -> Option<Payload> {
-        let appointment_id = a.clone();
-        Some(match status {
-            AppointmentStatus::Booked => return None,
-            AppointmentStatus::Attended => {
-                Payload::AppointmentAttended(AppointmentAttended { appointment_id })
-            }
-            AppointmentStatus::DidNotAttend => {
-                Payload::AppointmentDidNotAttend(AppointmentDidNotAttend { appointment_id })
-            }
-            AppointmentStatus::CancelledByPatient => {
-                Payload::AppointmentCancelled(AppointmentCancelled {
-                    appointment_id,
-                    by: CancelledBy::Patient,
-                })
-            }
-            AppointmentStatus::CancelledByProvider => {
-                Payload::AppointmentCancelled(AppointmentCancelled {
-                    appointment_id,
-                    by: CancelledBy::Provider,
-                })
-            }
-        })
-    }
-
-    fn slot(s: &PseudoId, start: DateTime<Utc>, kind: SlotKind) -> Payload {
-        Payload::SlotPublished(SlotPublished {
-            slot_id: s.clone(),
-            start,
-            duration_minutes: 15,
-            kind,
-        })
-    }
-
-    fn gp_slot_kind() -> SlotKind {
-        SlotKind::Gp {
-            mode: AppointmentMode::FaceToFace,
-            hcp_type: HcpType::Gp,
-            national_category: NationalCategory::GeneralConsultationRoutine,
-        }
-    }
-
-    fn withdrawn(s: &PseudoId) -> Payload {
-        Payload::SlotWithdrawn(SlotWithdrawn {
-            slot_id: s.clone(),
-            reason: SlotWithdrawReason::ClinicCancelled,
-        })
-    }
-
-    fn required(f: &PseudoId, p: &PseudoId, due: i64, pifu: bool) -> Payload {
-        Payload::FollowupRequired(FollowupRequired {
-            followup_id: f.clone(),
-            pathway_id: p.clone(),
-            patient: patient(1),
-            due_date: date(due),
-            pifu,
-        })
-    }
-
-    fn completed(f: &PseudoId, p: &PseudoId) -> Payload {
-        Payload::FollowupCompleted(FollowupCompleted {
-            followup_id: f.clone(),
-            pathway_id: p.clone(),
-        })
-    }
-
-    fn advice_requested(a: &PseudoId) -> Payload {
-        Payload::AdviceRequested(AdviceRequested {
-            advice_id: a.clone(),
-            patient: patient(1),
-        })
-    }
-
-    fn advice_responded(a: &PseudoId) -> Payload {
-        Payload::AdviceResponded(AdviceResponded {
-            advice_id: a.clone(),
-            outcome: AdviceOutcome::ReferralAdvised,
-        })
-    }
-
-    fn advice_converted(a: &PseudoId, p: &PseudoId) -> Payload {
-        Payload::AdviceConverted(AdviceConverted {
-            advice_id: a.clone(),
-            pathway_id: p.clone(),
-        })
     }
 
     // ---- reading rows -------------------------------------------------------
@@ -2312,13 +2123,7 @@ mod tests {
                     at(log, day(start + off), stopped(&p, reason));
                 }
                 if let Some(off) = discharge {
-                    at(
-                        log,
-                        day(start + off),
-                        Payload::ReferralDischarged(ReferralDischarged {
-                            pathway_id: p.clone(),
-                        }),
-                    );
+                    at(log, day(start + off), discharged(&p));
                 }
             }
             Spec::Appointment {

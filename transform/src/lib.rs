@@ -38,5 +38,8 @@ pub mod run;
 pub mod state_tables;
 pub mod testing;
 
+#[cfg(test)]
+mod gold_sql_tests;
+
 /// The bronze table's name.
 pub const BRONZE_TABLE: &str = pathflow_schemas::bronze::EVENTS_TABLE;
