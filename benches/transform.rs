@@ -23,13 +23,16 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pathflow_ingest::kafka::{KafkaConfig, ensure_topics, event_json};
+use pathflow_ingest::kafka::{KafkaConfig, ensure_topics};
 use pathflow_schemas::Event;
 use pathflow_transform::derive::Deriver;
 use pathflow_transform::testing::commit_events;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{produce, simulated};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -47,52 +50,6 @@ fn unique(label: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     format!("{label}{nanos}")
-}
-
-/// A simulated ICB's events, oldest first.
-fn simulated(dir: &Path, population: u32, weeks: u32) -> Vec<Event> {
-    let out = dir.join(unique("sim"));
-    let mut cfg = pathflow_simulate::SimConfig::new(out.clone());
-    cfg.population = population;
-    cfg.weeks = weeks;
-    cfg.run_in_weeks = weeks.min(52);
-    pathflow_simulate::run(&cfg, &|_| {}).expect("simulate");
-    let recorded_at = chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
-        .unwrap()
-        .to_utc();
-    let mut events =
-        pathflow_ingest::simulated::events(&out, "bench", recorded_at).expect("events");
-    let _ = std::fs::remove_dir_all(&out);
-    events.sort_by_key(|e| e.envelope.occurred_at);
-    events
-}
-
-fn produce(brokers: &str, kafka: &KafkaConfig, events: &[Event]) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "0")
-        .set("queue.buffering.max.messages", "200000")
-        .create()
-        .expect("a producer");
-    for e in events {
-        let topic = kafka.topic(e.family());
-        let payload = event_json(e);
-        let mut record = BaseRecord::to(&topic)
-            .key(e.payload.key().as_str())
-            .payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(600)).expect("flush");
 }
 
 /// Seconds a bare consumer in its own group takes to read `n` messages of the topics.
@@ -191,7 +148,7 @@ fn pipeline(brokers: &str, prefix: &str, dir: &Path, n: usize) -> (f64, u64) {
             &text,
             "pathflow_transform_rows_written_total{table=\"events\"}",
         );
-        let bronze_version = metric(&text, "pathflow_transform_commits_total");
+        let bronze_version = metric(&text, "pathflow_transform_commits_total{table=\"events\"}");
         let derived = metric(
             &text,
             "pathflow_transform_table_version{table=\"waits_weekly\"}",
@@ -261,14 +218,14 @@ fn main() {
     // 1. Throughput and memory.
     let population = env_or("PATHFLOW_BENCH_POPULATION", 60_000);
     let weeks = env_or("PATHFLOW_BENCH_WEEKS", 26);
-    let events = simulated(dir.path(), population, weeks);
+    let events = simulated(dir.path(), population, weeks, 1);
     let n = events.len();
     let mut kafka = KafkaConfig::new(&brokers);
     kafka.topic_prefix = unique("benchtr");
     kafka.partitions = 2;
     kafka.replication = 1;
     runtime.block_on(ensure_topics(&kafka)).expect("topics");
-    produce(&brokers, &kafka, &events);
+    produce(&kafka, &events, false);
     drop(events);
     let topics: Vec<String> = pathflow_schemas::Family::ALL
         .iter()
@@ -292,7 +249,7 @@ fn main() {
     let weeks = env_or("PATHFLOW_BENCH_HISTORY_WEEKS", 6);
     let mut medians = Vec::new();
     for factor in [1, 10] {
-        let mut events = simulated(dir.path(), population, weeks * factor);
+        let mut events = simulated(dir.path(), population, weeks * factor, 2);
         // The last 2,000 events, in 10 commits of 200: within the newest week.
         let probe: Vec<Event> = events.split_off(events.len() - 2_000);
         let probes: Vec<&[Event]> = probe.chunks(200).collect();

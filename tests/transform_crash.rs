@@ -14,12 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::array::{Array, Int64Array};
-use pathflow_ingest::kafka::{KafkaConfig, ensure_topics, event_json};
+use pathflow_ingest::kafka::{KafkaConfig, ensure_topics};
 use pathflow_schemas::Event;
-use pathflow_transform::derive::{Deriver, sql_session};
+use pathflow_transform::derive::Deriver;
 use pathflow_transform::testing::{assert_same_tables, commit_events, derived_rows};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const KILLS: usize = 10;
 
@@ -35,22 +33,14 @@ fn brokers() -> Option<String> {
     }
 }
 
-/// At least `n` events of a simulated ICB (the first `n`).
+mod common;
+
+/// `n` events of a simulated ICB: its first `n` in time, so every feed and
+/// event family is in them.
 fn simulated(n: usize, dir: &Path) -> Vec<Event> {
     let mut population = 20_000;
     loop {
-        let out = dir.join(format!("sim{population}"));
-        let mut cfg = pathflow_simulate::SimConfig::new(out.clone());
-        cfg.population = population;
-        cfg.weeks = 26;
-        cfg.run_in_weeks = 26;
-        pathflow_simulate::run(&cfg, &|_| {}).unwrap();
-        let recorded_at = chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
-            .unwrap()
-            .to_utc();
-        let mut events =
-            pathflow_ingest::simulated::events(&out, "crash-test", recorded_at).unwrap();
-        let _ = std::fs::remove_dir_all(&out);
+        let mut events = common::simulated(dir, population, 26, 7);
         if events.len() >= n {
             events.truncate(n);
             return events;
@@ -72,19 +62,27 @@ impl Rng {
     }
 }
 
-async fn bronze_counts(location: &Path) -> (i64, i64) {
-    let Ok(ctx) = sql_session(location.to_str().unwrap(), &Default::default()).await else {
+/// Rows in the bronze table under `location` (0 before it exists) and, when
+/// `distinct`, the distinct Kafka coordinates among them.
+async fn bronze_counts(location: &Path, distinct: bool) -> (i64, i64) {
+    let bronze = location.join(pathflow_transform::BRONZE_TABLE);
+    let Ok(url) = deltalake::ensure_table_uri(bronze.to_str().unwrap()) else {
         return (0, 0);
     };
-    let batches = ctx
-        .sql(
-            "SELECT count(*), count(DISTINCT (kafka_topic, kafka_partition, kafka_offset)) FROM events",
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
+    let Ok(table) = deltalake::open_table(url).await else {
+        return (0, 0);
+    };
+    let ctx = datafusion::prelude::SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("events", table.table_provider().await.unwrap())
         .unwrap();
+    let sql = if distinct {
+        "SELECT (SELECT count(*) FROM events) AS all_rows, count(*) AS coordinates FROM \
+         (SELECT DISTINCT kafka_topic, kafka_partition, kafka_offset FROM events)"
+    } else {
+        "SELECT count(*), 0 FROM events"
+    };
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     let value = |c: usize| {
         batches[0]
             .column(c)
@@ -151,35 +149,8 @@ async fn killed_ten_times_the_tables_equal_an_uninterrupted_run() {
     kafka.partitions = 2;
     kafka.replication = 1;
     ensure_topics(&kafka).await.unwrap();
-    // One message a record batch: tansu cannot serve a fetch that starts in
-    // the middle of a batch, which is where a restart resumes (see
-    // transform/COMMIT_PROTOCOL.md).
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("enable.idempotence", "true")
-        .set("batch.num.messages", "1")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("message.timeout.ms", "0")
-        .create()
-        .unwrap();
     let clock = Instant::now();
-    for e in &events {
-        let topic = kafka.topic(e.family());
-        let payload = event_json(e);
-        let mut record = BaseRecord::to(&topic)
-            .key(e.payload.key().as_str())
-            .payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(600)).unwrap();
+    common::produce(&kafka, &events, true);
     eprintln!("crash test: produced in {:.0?}", clock.elapsed());
 
     // The reference, while the broker is quiet.
@@ -195,7 +166,7 @@ async fn killed_ten_times_the_tables_equal_an_uninterrupted_run() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\ngroup_id = \"crash-{nanos}\"\nsession_timeout_ms = 6000\n[tables]\nlocation = \"{}\"\n[commit]\nmax_rows = 20000\nmax_latency_ms = 500\n[derive]\ninterval_ms = 500\n",
+            "[kafka]\nbrokers = \"{brokers}\"\ntopic_prefix = \"{prefix}\"\ngroup_id = \"crash-{nanos}\"\nsession_timeout_ms = 3000\n[tables]\nlocation = \"{}\"\n[commit]\nmax_rows = 20000\nmax_latency_ms = 500\n[derive]\ninterval_ms = 500\n",
             location.display()
         ),
     )
@@ -205,12 +176,14 @@ async fn killed_ten_times_the_tables_equal_an_uninterrupted_run() {
     let clock = Instant::now();
     for kill in 0..KILLS {
         let mut child = start(&config, &log);
-        // Random moments, spread so later kills land in later phases.
-        let wait = 1_000 + rng.below(4_000);
+        // A random moment after the group has handed it the partitions: a
+        // member killed without leaving holds them until its session times
+        // out (3 s here), and a join takes a few seconds more with tansu.
+        let wait = 5_000 + rng.below(7_000);
         std::thread::sleep(Duration::from_millis(wait));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let (rows, _) = bronze_counts(&location).await;
+        let (rows, _) = bronze_counts(&location, false).await;
         eprintln!(
             "crash test: kill {} after {wait} ms; bronze has {rows} rows",
             kill + 1
@@ -220,7 +193,7 @@ async fn killed_ten_times_the_tables_equal_an_uninterrupted_run() {
     let mut child = start(&config, &log);
     let deadline = Instant::now() + Duration::from_secs(1_800);
     loop {
-        let (rows, _) = bronze_counts(&location).await;
+        let (rows, _) = bronze_counts(&location, false).await;
         if rows as usize >= events.len() {
             break;
         }
@@ -247,7 +220,7 @@ async fn killed_ten_times_the_tables_equal_an_uninterrupted_run() {
         clock.elapsed()
     );
 
-    let (rows, distinct) = bronze_counts(&location).await;
+    let (rows, distinct) = bronze_counts(&location, true).await;
     assert_eq!(rows as usize, events.len(), "every offset in bronze");
     assert_eq!(distinct, rows, "no offset twice in bronze");
     let got = derived_rows(&location).await;

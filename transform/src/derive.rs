@@ -185,7 +185,8 @@ pub struct DeriveReport {
     pub bronze_version: Option<Version>,
     /// Events folded in.
     pub events: usize,
-    /// Rows written, per table.
+    /// Rows written, per table committed (a table committed with its `txn`
+    /// only has 0).
     pub rows: BTreeMap<&'static str, usize>,
     /// Tables committed.
     pub commits: usize,

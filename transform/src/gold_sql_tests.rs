@@ -15,7 +15,6 @@
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
-use arrow::util::display::array_value_to_string;
 use chrono::{DateTime, Utc};
 use datafusion::prelude::SessionContext;
 use pathflow_schemas::Event;
@@ -82,18 +81,7 @@ impl Tables {
 
     /// Every row of `sql`'s result, its values joined by `|` (nulls empty).
     async fn rows(&self, sql: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for b in self.batches(sql).await {
-            for i in 0..b.num_rows() {
-                let values: Vec<String> = b
-                    .columns()
-                    .iter()
-                    .map(|c| array_value_to_string(c, i).unwrap())
-                    .collect();
-                out.push(values.join("|"));
-            }
-        }
-        out
+        crate::testing::query_rows(&self.ctx, sql).await
     }
 }
 

@@ -265,7 +265,7 @@ impl From<CommitError> for TransformError {
 pub struct TransformMetrics {
     registry: Registry,
     lag: IntGaugeVec,
-    commits: IntCounter,
+    commits: IntCounterVec,
     rows: IntCounterVec,
     rejected: IntCounter,
     skipped: IntCounter,
@@ -309,9 +309,13 @@ impl TransformMetrics {
             ),
             commits: reg(
                 &registry,
-                IntCounter::new(
-                    "pathflow_transform_commits_total",
-                    "Table commits (data and Kafka offsets together).",
+                IntCounterVec::new(
+                    Opts::new(
+                        "pathflow_transform_commits_total",
+                        "Table commits, by table (bronze: data and Kafka offsets together; \
+                         derived: rows and the bronze version they reflect).",
+                    ),
+                    &["table"],
                 )
                 .unwrap_or_else(expect("commits")),
             ),
@@ -409,8 +413,10 @@ impl TransformMetrics {
     /// Records one derivation step.
     fn derived(&self, report: &DeriveReport, newest_event: Option<i64>) {
         self.derive_seconds.observe(report.seconds);
+        // A table is in `rows` when it was committed (if only its `txn`).
         for (table, rows) in &report.rows {
             self.rows.with_label_values(&[table]).inc_by(*rows as u64);
+            self.commits.with_label_values(&[table]).inc();
         }
         let Some(version) = report.bronze_version else {
             return;
@@ -730,7 +736,10 @@ async fn flush(
     metrics
         .commit_seconds
         .observe(started.elapsed().as_secs_f64());
-    metrics.commits.inc();
+    metrics
+        .commits
+        .with_label_values(&[crate::BRONZE_TABLE])
+        .inc();
     metrics
         .rows
         .with_label_values(&[crate::BRONZE_TABLE])

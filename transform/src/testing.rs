@@ -40,15 +40,10 @@ pub async fn commit_events(location: &Path, topic: &str, events: &[Event]) {
         .unwrap();
 }
 
-/// Every row of `table`, each as its values joined by `|`, sorted.
-pub async fn table_rows(ctx: &SessionContext, table: &str) -> Vec<String> {
-    let batches = ctx
-        .sql(&format!("SELECT * FROM {table}"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+/// Every row of `sql`'s result in its order, each as its values joined by
+/// `|` (nulls empty).
+pub async fn query_rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     let mut out = Vec::new();
     for b in &batches {
         for i in 0..b.num_rows() {
@@ -60,8 +55,14 @@ pub async fn table_rows(ctx: &SessionContext, table: &str) -> Vec<String> {
             out.push(values.join("|"));
         }
     }
-    out.sort();
     out
+}
+
+/// Every row of `table`, each as its values joined by `|`, sorted.
+pub async fn table_rows(ctx: &SessionContext, table: &str) -> Vec<String> {
+    let mut rows = query_rows(ctx, &format!("SELECT * FROM {table}")).await;
+    rows.sort();
+    rows
 }
 
 /// Every derived table's sorted rows, by table name.
