@@ -225,7 +225,7 @@ fn main() {
     kafka.partitions = 2;
     kafka.replication = 1;
     runtime.block_on(ensure_topics(&kafka)).expect("topics");
-    produce(&kafka, &events, false);
+    produce(&kafka, &events);
     drop(events);
     let topics: Vec<String> = pathflow_schemas::Family::ALL
         .iter()

@@ -33,19 +33,12 @@ pub fn simulated(dir: &Path, population: u32, weeks: u32, seed: u64) -> Vec<Even
 }
 
 /// Produces `events` to their family topics, keyed by entity, idempotently,
-/// and waits for every acknowledgement. `one_per_batch` sends each message in
-/// a record batch of its own: tansu cannot serve a fetch that starts in the
-/// middle of a batch, which is where a restarted consumer resumes (see
-/// transform/COMMIT_PROTOCOL.md).
-pub fn produce(kafka: &KafkaConfig, events: &[Event], one_per_batch: bool) {
+/// and waits for every acknowledgement.
+pub fn produce(kafka: &KafkaConfig, events: &[Event]) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .set(
-            "batch.num.messages",
-            if one_per_batch { "1" } else { "10000" },
-        )
         .set("message.timeout.ms", "0")
         .set("queue.buffering.max.messages", "200000")
         .create()

@@ -91,9 +91,9 @@ async fn events_land_in_bronze_exactly_once_through_a_crash_and_restart() {
     ensure_topics(&kafka).await.unwrap();
 
     let all = events(6_000);
-    // One message a record batch: tansu cannot serve a fetch that starts in
-    // the middle of a batch (a restart resumes at such offsets and gets
-    // nothing), where Kafka returns the batch and the client skips ahead.
+    // One message a record batch, so this test holds on a broker that cannot
+    // serve a fetch starting inside a batch (tansu's memory engine; see
+    // COMMIT_PROTOCOL.md): a restart resumes at such offsets.
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("enable.idempotence", "true")

@@ -72,8 +72,10 @@ async fn step_by_step_equals_a_rebuild_a_fresh_start_and_reversed_resent_deliver
     // before its referral), a tenth of the events re-sent, other batching.
     let mut reversed: Vec<Event> = events.iter().rev().cloned().collect();
     reversed.extend(events.iter().step_by(10).cloned());
+    // The deriver opened by URL, as an object-store location is given.
     let other = dir.path().join("reversed");
-    let mut deriver = open(&other).await;
+    let url = format!("file://{}", other.display());
+    let mut deriver = Deriver::open(&url, &Default::default()).await.unwrap();
     for (i, part) in reversed.chunks(reversed.len().div_ceil(7)).enumerate() {
         commit_bronze(&other, part).await;
         if i % 2 == 1 {
