@@ -468,7 +468,23 @@ struct Rebalances(Arc<AtomicBool>);
 impl ClientContext for Rebalances {}
 
 impl ConsumerContext for Rebalances {
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, _: &Rebalance<'_>) {
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, r: &Rebalance<'_>) {
+        // Which partitions this instance holds is the first question when a
+        // partition's lag grows while the others drain.
+        match r {
+            Rebalance::Assign(list) => {
+                let names: Vec<String> = list
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}:{}", e.topic(), e.partition()))
+                    .collect();
+                eprintln!("transform: assigned {}", names.join(", "));
+            }
+            Rebalance::Revoke(list) => {
+                eprintln!("transform: {} partitions revoked", list.count());
+            }
+            Rebalance::Error(e) => eprintln!("transform: rebalance failed: {e}"),
+        }
         self.0.store(true, Ordering::Release);
     }
 }
@@ -494,6 +510,14 @@ pub async fn run(
         .set(
             "session.timeout.ms",
             cfg.kafka.session_timeout_ms.to_string(),
+        )
+        // Three heartbeats a session, as Kafka advises: librdkafka's fixed
+        // 3 s default would let a short session lapse between beats and
+        // rebalance the group over and over, each time restarting every
+        // partition's fetch from its committed offset.
+        .set(
+            "heartbeat.interval.ms",
+            (cfg.kafka.session_timeout_ms / 3).max(1).to_string(),
         )
         .create_with_context(rebalanced.clone())
         .map_err(kafka)?;
