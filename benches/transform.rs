@@ -17,7 +17,7 @@
 //! (default 26) size the throughput run's ICB; `PATHFLOW_BENCH_HISTORY_WEEKS`
 //! (default 6) is the 1× history of the commit-duration run (10× is ten times
 //! as many weeks of the same population, `PATHFLOW_BENCH_HISTORY_POPULATION`,
-//! default 20000).
+//! default 20000). `PATHFLOW_BENCH_ONLY=history` runs the second part alone.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pathflow_ingest::kafka::{KafkaConfig, ensure_topics};
 use pathflow_schemas::Event;
 use pathflow_transform::derive::Deriver;
-use pathflow_transform::testing::commit_events;
+use pathflow_transform::testing::Appender;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -189,14 +189,16 @@ fn commit_duration(
         let mut deriver = Deriver::open(location.to_str().unwrap(), &Default::default())
             .await
             .expect("deriver");
+        // One bronze writer for the whole run, as `pathflow transform` keeps.
+        let mut bronze = Appender::open(&location, "history").await;
         for part in history.chunks(50_000) {
-            commit_events(&location, "history", part).await;
+            bronze.append(part).await;
             deriver.catch_up().await.expect("derive");
         }
         let mut times = Vec::new();
         for probe in probes {
             let started = Instant::now();
-            commit_events(&location, "history", probe).await;
+            bronze.append(probe).await;
             deriver.catch_up().await.expect("derive");
             times.push(started.elapsed().as_secs_f64());
         }
@@ -215,34 +217,36 @@ fn main() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
 
-    // 1. Throughput and memory.
-    let population = env_or("PATHFLOW_BENCH_POPULATION", 60_000);
-    let weeks = env_or("PATHFLOW_BENCH_WEEKS", 26);
-    let events = simulated(dir.path(), population, weeks, 1);
-    let n = events.len();
-    let mut kafka = KafkaConfig::new(&brokers);
-    kafka.topic_prefix = unique("benchtr");
-    kafka.partitions = 2;
-    kafka.replication = 1;
-    runtime.block_on(ensure_topics(&kafka)).expect("topics");
-    produce(&kafka, &events);
-    drop(events);
-    let topics: Vec<String> = pathflow_schemas::Family::ALL
-        .iter()
-        .map(|f| kafka.topic(*f))
-        .collect();
-    let raw = raw_consume(&brokers, &topics, n);
-    let (piped, rss) = pipeline(&brokers, &kafka.topic_prefix, dir.path(), n);
-    let raw_again = raw_consume(&brokers, &topics, n);
-    let raw = raw.min(raw_again);
-    println!(
-        "transform bench: {population} patients x {weeks} weeks, {n} events: raw consumer {:.0} events/s; \
-         pathflow transform into every table {:.0} events/s ({piped:.1} s); ratio {:.2}; peak RSS {} MiB",
-        n as f64 / raw,
-        n as f64 / piped,
-        raw / piped,
-        rss / 1024
-    );
+    // 1. Throughput and memory (`PATHFLOW_BENCH_ONLY=history` skips it).
+    if std::env::var("PATHFLOW_BENCH_ONLY").as_deref() != Ok("history") {
+        let population = env_or("PATHFLOW_BENCH_POPULATION", 60_000);
+        let weeks = env_or("PATHFLOW_BENCH_WEEKS", 26);
+        let events = simulated(dir.path(), population, weeks, 1);
+        let n = events.len();
+        let mut kafka = KafkaConfig::new(&brokers);
+        kafka.topic_prefix = unique("benchtr");
+        kafka.partitions = 2;
+        kafka.replication = 1;
+        runtime.block_on(ensure_topics(&kafka)).expect("topics");
+        produce(&kafka, &events);
+        drop(events);
+        let topics: Vec<String> = pathflow_schemas::Family::ALL
+            .iter()
+            .map(|f| kafka.topic(*f))
+            .collect();
+        let raw = raw_consume(&brokers, &topics, n);
+        let (piped, rss) = pipeline(&brokers, &kafka.topic_prefix, dir.path(), n);
+        let raw_again = raw_consume(&brokers, &topics, n);
+        let raw = raw.min(raw_again);
+        println!(
+            "transform bench: {population} patients x {weeks} weeks, {n} events: raw consumer {:.0} events/s; \
+             pathflow transform into every table {:.0} events/s ({piped:.1} s); ratio {:.2}; peak RSS {} MiB",
+            n as f64 / raw,
+            n as f64 / piped,
+            raw / piped,
+            rss / 1024
+        );
+    }
 
     // 2. Commit duration with 1x and 10x history.
     let population = env_or("PATHFLOW_BENCH_HISTORY_POPULATION", 20_000);

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Start and stop a throwaway tansu broker (Kafka protocol, SQLite storage in a temporary directory)
+# Start and stop a throwaway tansu broker (Kafka protocol, in-memory storage)
 # for the tests. Meant to be sourced:
 #
 #   source scripts/tansu.sh
@@ -58,13 +58,10 @@ tansu_start() {
         port=$(_tansu_free_port) || return 1
         log="$dir/tansu-$port.log"
         # tansu reads LISTENER_URL etc. from the environment too; the flags win.
-        # SQLite storage in the throwaway directory: tansu's memory engine
-        # answers a fetch that starts inside a record batch with nothing,
-        # which stalls any consumer resuming mid-batch (every restart test).
-        (cd "$dir" && exec "$bin" broker \
+        "$bin" broker \
             --listener-url "tcp://127.0.0.1:$port" \
             --advertised-listener-url "tcp://127.0.0.1:$port" \
-            --storage-engine "sqlite://tansu-$port.db") \
+            --storage-engine memory://tansu/ \
             </dev/null >"$log" 2>&1 &
         pid=$!
 

@@ -4,8 +4,9 @@
 
 #![allow(dead_code)] // Each test binary uses its own part.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use pathflow_ingest::kafka::{KafkaConfig, event_json};
 use pathflow_schemas::Event;
@@ -60,4 +61,66 @@ pub fn produce(kafka: &KafkaConfig, events: &[Event]) {
         }
     }
     producer.flush(Duration::from_secs(900)).expect("flush");
+}
+
+/// A tansu broker of this test's own, on SQLite storage in `dir`, stopped
+/// when dropped. SQLite, because tansu's memory engine (the shared test
+/// broker's) cannot serve a fetch that starts inside a record batch, which is
+/// where a restarted consumer resumes; its own, because tansu's SQLite engine
+/// has been seen to fail after other tests' traffic (a panic in its offset
+/// lookup), and this test should not depend on what ran before it.
+pub struct OwnBroker {
+    child: Child,
+    port: u16,
+}
+
+impl OwnBroker {
+    /// Starts it, or `None` when tansu is not installed (never on CI).
+    pub fn start(dir: &Path) -> Option<Self> {
+        let bin = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
+            .map(|d| d.join("tansu"))
+            .find(|b| b.is_file())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("tansu.log")).expect("a log file");
+        let child = Command::new(bin)
+            .current_dir(dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log file"))
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Self { child, port })
+    }
+
+    /// Its bootstrap address.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -13,31 +13,59 @@ use crate::bronze::BronzeBatchBuilder;
 use crate::commit::{BronzeConfig, BronzeWriter, Offsets, ResumeAt};
 use crate::derive::{Derived, sql_session};
 
-/// Commits `events` to the bronze table under `location` as the next offsets
-/// of partition 0 of topic `topic` (a made-up one: no broker is involved).
-///
-/// # Panics
-/// On any failure: this is for tests.
-pub async fn commit_events(location: &Path, topic: &str, events: &[Event]) {
-    let bronze = location.join(crate::BRONZE_TABLE);
-    let mut writer = BronzeWriter::open(&BronzeConfig::new(bronze.to_str().unwrap(), "testing"))
-        .await
-        .unwrap();
-    let tp = (topic.to_string(), 0);
-    let first = match writer.track([tp.clone()]).await.unwrap()[&tp] {
-        ResumeAt::Offset(o) => o,
-        ResumeAt::Beginning => 0,
-    };
-    let mut builder = BronzeBatchBuilder::new();
-    for (i, e) in events.iter().enumerate() {
-        builder.push_event(e, topic, 0, first + i as i64).unwrap();
+/// Commits events to the bronze table under `location` as the next offsets
+/// of partition 0 of a made-up topic (no broker is involved), keeping one
+/// writer open across commits as `pathflow transform` does.
+pub struct Appender {
+    writer: BronzeWriter,
+    topic: String,
+    next: i64,
+}
+
+impl Appender {
+    /// Opens (or creates) the bronze table and finds where `topic` ends.
+    ///
+    /// # Panics
+    /// On any failure: this is for tests.
+    pub async fn open(location: &Path, topic: &str) -> Self {
+        let bronze = location.join(crate::BRONZE_TABLE);
+        let mut writer =
+            BronzeWriter::open(&BronzeConfig::new(bronze.to_str().unwrap(), "testing"))
+                .await
+                .unwrap();
+        let tp = (topic.to_string(), 0);
+        let next = match writer.track([tp.clone()]).await.unwrap()[&tp] {
+            ResumeAt::Offset(o) => o,
+            ResumeAt::Beginning => 0,
+        };
+        Self {
+            writer,
+            topic: topic.to_string(),
+            next,
+        }
     }
-    let last = first + events.len() as i64 - 1;
-    let offsets: Offsets = [(tp, last)].into_iter().collect();
-    writer
-        .commit(vec![builder.finish().unwrap()], &offsets)
-        .await
-        .unwrap();
+
+    /// Commits `events` as the next offsets.
+    pub async fn append(&mut self, events: &[Event]) {
+        let mut builder = BronzeBatchBuilder::new();
+        for e in events {
+            builder.push_event(e, &self.topic, 0, self.next).unwrap();
+            self.next += 1;
+        }
+        let offsets: Offsets = [((self.topic.clone(), 0), self.next - 1)]
+            .into_iter()
+            .collect();
+        self.writer
+            .commit(vec![builder.finish().unwrap()], &offsets)
+            .await
+            .unwrap();
+    }
+}
+
+/// Commits `events` to the bronze table under `location` as the next offsets
+/// of partition 0 of topic `topic` (see [`Appender`]).
+pub async fn commit_events(location: &Path, topic: &str, events: &[Event]) {
+    Appender::open(location, topic).await.append(events).await;
 }
 
 /// Every row of `sql`'s result in its order, each as its values joined by
