@@ -426,7 +426,7 @@ impl Deriver {
         self.folded = Some(latest);
         if first {
             // Everything is new: index every entity and aggregate it once.
-            touched = self.every_entity();
+            touched = self.fold.entities();
         }
         self.absorb(&touched);
 
@@ -461,29 +461,6 @@ impl Deriver {
         if self.as_of.is_none_or(|a| date > a) {
             self.as_of = Some(date);
         }
-    }
-
-    fn every_entity(&self) -> Vec<Touched> {
-        let f = &self.fold;
-        let mut all: Vec<Touched> = Vec::new();
-        all.extend(
-            f.referrals()
-                .map(|s| Touched::Referral(s.pathway_id().clone())),
-        );
-        all.extend(
-            f.appointments()
-                .map(|s| Touched::Appointment(s.appointment_id().clone())),
-        );
-        all.extend(f.slots().map(|s| Touched::Slot(s.slot_id().clone())));
-        all.extend(
-            f.followups()
-                .map(|s| Touched::Followup(s.followup_id().clone())),
-        );
-        all.extend(
-            f.advice_requests()
-                .map(|s| Touched::Advice(s.advice_id().clone())),
-        );
-        all
     }
 
     /// Records what the touched entities change: their state partitions and

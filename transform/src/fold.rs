@@ -1299,6 +1299,21 @@ impl Fold {
         self.advice.values()
     }
 
+    /// Every entity, named as [`Fold::apply`] names the ones it changes.
+    pub fn entities(&self) -> Vec<Touched> {
+        let referrals = self.referrals.keys().cloned().map(Touched::Referral);
+        let appointments = self.appointments.keys().cloned().map(Touched::Appointment);
+        let slots = self.slots.keys().cloned().map(Touched::Slot);
+        let followups = self.followups.keys().cloned().map(Touched::Followup);
+        let advice = self.advice.keys().cloned().map(Touched::Advice);
+        referrals
+            .chain(appointments)
+            .chain(slots)
+            .chain(followups)
+            .chain(advice)
+            .collect()
+    }
+
     /// Puts back a pathway's state (e.g. read from storage) to fold further events into.
     pub fn insert_referral(&mut self, state: ReferralState) {
         self.referrals.insert(state.pathway_id.clone(), state);

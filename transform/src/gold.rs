@@ -976,23 +976,7 @@ impl Gold {
         if let Some(date) = as_of {
             gold.set_as_of(date);
         }
-        let entities: Vec<Touched> = fold
-            .referrals()
-            .map(|r| Touched::Referral(r.pathway_id().clone()))
-            .chain(
-                fold.appointments()
-                    .map(|a| Touched::Appointment(a.appointment_id().clone())),
-            )
-            .chain(fold.slots().map(|s| Touched::Slot(s.slot_id().clone())))
-            .chain(
-                fold.followups()
-                    .map(|f| Touched::Followup(f.followup_id().clone())),
-            )
-            .chain(
-                fold.advice_requests()
-                    .map(|a| Touched::Advice(a.advice_id().clone())),
-            )
-            .collect();
+        let entities = fold.entities();
         gold.update(fold, &entities);
         gold
     }
