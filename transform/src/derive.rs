@@ -420,12 +420,16 @@ impl Deriver {
             report.events += events.len();
             for e in &events {
                 self.see(e);
-                touched.extend(self.fold.apply(e));
+                let changed = self.fold.apply(e);
+                // On the first step every entity is new: they are listed
+                // once below rather than once per event here.
+                if !first {
+                    touched.extend(changed);
+                }
             }
         }
         self.folded = Some(latest);
         if first {
-            // Everything is new: index every entity and aggregate it once.
             touched = self.fold.entities();
         }
         self.absorb(&touched);
