@@ -1,10 +1,38 @@
 //! pathflow query: one DataFusion session over every table, served over HTTP
-//! and the PostgreSQL wire protocol, with scoped tokens, limits, disclosure
-//! control and scheduled extracts.
+//! and the PostgreSQL wire protocol, with scoped tokens and limits.
 //!
-//! The implementation arrives with the query issue; the crate exists now so
-//! the workspace layout and the dependency set (datafusion, axum,
-//! datafusion-postgres, arrow-flight) are fixed and built by CI from the start.
+//! - [`config`]: `pathflow serve`'s configuration (tables, listeners,
+//!   limits, audit log, tokens as hashes).
+//! - [`auth`]: tokens, roles (`analyst`, `clinical_pair`, `commissioner`)
+//!   and a clinical pair's scope.
+//! - [`catalog`]: [`catalog::LiveTables`], one committed version of each
+//!   Delta table, swapped when the transform commits; the catalog one
+//!   principal sees, scoped in the plan.
+//! - [`guard`]: read-only: the statements that may run at all.
+//! - [`engine`]: [`engine::Engine`] runs one query for one principal under
+//!   the limits (timeout, memory, result size, concurrency), audited and
+//!   measured; both interfaces go through it.
+//! - [`error`]: [`error::QueryError`], with its HTTP status and SQLSTATE.
+//! - [`audit`], [`metrics`]: the audit log and the Prometheus metrics.
+//! - [`http`]: the HTTP API (`POST /v1/sql` in JSON, CSV, Arrow IPC or
+//!   Parquet; `/v1/tables`; health, readiness and metrics).
+//! - [`pg`]: the PostgreSQL wire protocol (`psql`, Grafana, BI tools), a
+//!   pathflow token as the password.
+//! - [`testing`]: simulated tables and an engine over them, for tests.
 
-/// Tables every role may read (gold): what commissioners see.
-pub const GOLD_TABLES: [&str; 4] = ["demand", "capacity", "waits", "followups"];
+pub mod audit;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod guard;
+pub mod http;
+pub mod metrics;
+pub mod pg;
+pub mod testing;
+
+pub use auth::{Principal, Role, Scope};
+pub use config::ServeConfig;
+pub use engine::{Engine, Interface, QueryOutput};
+pub use error::QueryError;

@@ -1,0 +1,441 @@
+//! Running one query for one principal, under the limits, audited and
+//! measured. HTTP and the Postgres wire protocol both come through here, so
+//! both get the same refusals, scopes, limits, audit lines and metrics.
+//!
+//! Each query gets its own DataFusion session (cheap: the function registry
+//! and caches are shared) with a catalog of what its principal may read and
+//! its own memory pool, so one query's memory cannot starve another's.
+//! Spilling to disk is off: nothing a query does writes a file.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use chrono::Utc;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProviderList};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::audit::{AuditLog, AuditRecord};
+use crate::auth::{Principal, Tokens};
+use crate::catalog::{CATALOG, LiveTables, PUBLIC_SCHEMA, PrincipalCatalog, ReadLog};
+use crate::config::{Limits, ServeConfig};
+use crate::error::QueryError;
+use crate::guard;
+use crate::metrics::QueryMetrics;
+
+/// Which door a query came in by, for metrics and the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    Http,
+    Postgres,
+    /// The server's own queries (extracts, the demo).
+    Internal,
+}
+
+impl Interface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interface::Http => "http",
+            Interface::Postgres => "postgres",
+            Interface::Internal => "internal",
+        }
+    }
+}
+
+/// A complete result, within the limits.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: usize,
+    /// Each table the query read, with the Delta version it read.
+    pub tables: BTreeMap<String, u64>,
+}
+
+/// A session for one query: planning resolves each table once, and the
+/// versions it resolved are recorded in `read`.
+pub struct QuerySession {
+    pub ctx: SessionContext,
+    pub read: ReadLog,
+}
+
+/// The shared state of the query server.
+pub struct Engine {
+    tables: Arc<LiveTables>,
+    tokens: Tokens,
+    limits: Limits,
+    permits: Semaphore,
+    base: SessionState,
+    audit: AuditLog,
+    metrics: QueryMetrics,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("location", &self.tables.location())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The runtime every query shares: object stores and file caches, and a
+/// disk manager that refuses to spill.
+pub fn shared_runtime() -> Arc<RuntimeEnv> {
+    RuntimeEnvBuilder::new()
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
+        .build_arc()
+        .expect("a runtime without a disk manager builds")
+}
+
+impl Engine {
+    /// An engine over `tables` (whose reloader the caller runs), with the
+    /// configuration's tokens, limits and audit log.
+    pub fn new(
+        cfg: &ServeConfig,
+        tables: Arc<LiveTables>,
+        metrics: QueryMetrics,
+    ) -> std::io::Result<Arc<Self>> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(CATALOG, PUBLIC_SCHEMA);
+        let base = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(tables.runtime())
+            .with_default_features()
+            .build();
+        let mut rules = base.physical_optimizers().to_vec();
+        rules.push(Arc::new(YieldInJoins));
+        let base = SessionStateBuilder::new_from_existing(base)
+            .with_physical_optimizer_rules(rules)
+            .build();
+        Ok(Arc::new(Engine {
+            tokens: Tokens::new(&cfg.tokens),
+            limits: cfg.limits.clone(),
+            permits: Semaphore::new(cfg.limits.max_concurrent_queries),
+            base,
+            audit: AuditLog::open(cfg.audit.path.as_deref())?,
+            metrics,
+            tables,
+        }))
+    }
+
+    pub fn tables(&self) -> &Arc<LiveTables> {
+        &self.tables
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &QueryMetrics {
+        &self.metrics
+    }
+
+    /// The principal a token belongs to; counted when there is none.
+    pub fn authenticate(&self, secret: &str, interface: Interface) -> Option<Principal> {
+        let found = self.tokens.verify(secret);
+        if found.is_none() {
+            self.metrics
+                .unauthorized
+                .with_label_values(&[interface.as_str()])
+                .inc();
+        }
+        found
+    }
+
+    /// A fresh session for one query by `who`, with its own memory pool.
+    pub fn session(&self, who: &Principal) -> QuerySession {
+        let read: ReadLog = Arc::new(Mutex::new(BTreeMap::new()));
+        let catalogs = MemoryCatalogProviderList::new();
+        let catalog: Arc<dyn CatalogProvider> = Arc::new(PrincipalCatalog::new(
+            Arc::clone(&self.tables),
+            who.clone(),
+            Arc::clone(&read),
+        ));
+        datafusion::catalog::CatalogProviderList::register_catalog(
+            &catalogs,
+            CATALOG.to_string(),
+            catalog,
+        );
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(self.limits.query_memory_mb.saturating_mul(1024 * 1024)),
+            NonZeroUsize::new(3).expect("non-zero"),
+        );
+        let runtime = RuntimeEnvBuilder::from_runtime_env(self.base.runtime_env())
+            .with_memory_pool(Arc::new(pool))
+            .build_arc()
+            .expect("a runtime from a working one builds");
+        let state = SessionStateBuilder::new_from_existing(self.base.clone())
+            .with_catalog_list(Arc::new(catalogs))
+            .with_runtime_env(runtime)
+            .build();
+        QuerySession {
+            ctx: SessionContext::new_with_state(state),
+            read,
+        }
+    }
+
+    /// Checks and plans `sql` in `session`: refused statements never reach
+    /// the planner, and the plan is checked again by DataFusion.
+    pub async fn plan(
+        &self,
+        session: &QuerySession,
+        who: &Principal,
+        sql: &str,
+    ) -> Result<LogicalPlan, QueryError> {
+        let statement = guard::check(sql)?;
+        self.plan_statement(session, who, statement).await
+    }
+
+    /// As [`Engine::plan`], for a statement already parsed and checked.
+    pub async fn plan_statement(
+        &self,
+        session: &QuerySession,
+        who: &Principal,
+        statement: DfStatement,
+    ) -> Result<LogicalPlan, QueryError> {
+        let state = session.ctx.state();
+        let references = state
+            .resolve_table_references(&statement)
+            .map_err(QueryError::from_datafusion)?;
+        guard::check_tables(who, &references, &[])?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(QueryError::from_datafusion)?;
+        datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| {
+                QueryError::refused(crate::error::Refusal::Statement, e.find_root().to_string())
+            })?;
+        Ok(plan)
+    }
+
+    /// Runs `sql` for `who`: the whole path, audited and measured.
+    pub async fn run(
+        &self,
+        who: &Principal,
+        sql: &str,
+        interface: Interface,
+    ) -> Result<QueryOutput, QueryError> {
+        self.run_bound(who, sql, interface, Ok).await
+    }
+
+    /// As [`Engine::run`], with `bind` applied to the plan before it runs
+    /// (the Postgres extended protocol binds parameters there).
+    pub async fn run_bound(
+        &self,
+        who: &Principal,
+        sql: &str,
+        interface: Interface,
+        bind: impl FnOnce(LogicalPlan) -> Result<LogicalPlan, QueryError>,
+    ) -> Result<QueryOutput, QueryError> {
+        let started = Instant::now();
+        let result = self.run_inner(who, sql, bind).await;
+        self.record(who, sql, interface, started.elapsed(), result.as_ref());
+        result
+    }
+
+    /// Audits and counts, as [`Engine::run`] would, a query that failed
+    /// before it could run: the Postgres extended protocol plans at Parse,
+    /// where a refusal or a syntax error first shows.
+    pub fn record_failure(
+        &self,
+        who: &Principal,
+        sql: &str,
+        interface: Interface,
+        took: Duration,
+        error: &QueryError,
+    ) {
+        self.record(who, sql, interface, took, Err(error));
+    }
+
+    async fn run_inner(
+        &self,
+        who: &Principal,
+        sql: &str,
+        bind: impl FnOnce(LogicalPlan) -> Result<LogicalPlan, QueryError>,
+    ) -> Result<QueryOutput, QueryError> {
+        let _permit = tokio::time::timeout(self.limits.queue_timeout(), self.permits.acquire())
+            .await
+            .map_err(|_| QueryError::Busy(self.limits.max_concurrent_queries))?
+            .map_err(|_| QueryError::Internal("the server is shutting down".into()))?;
+        self.metrics.in_flight.inc();
+        let _in_flight = scopeguard(|| self.metrics.in_flight.dec());
+        let timeout = self.limits.timeout();
+        match tokio::time::timeout(timeout, self.execute(who, sql, bind)).await {
+            Ok(result) => result,
+            // Dropping the future drops the stream, which cancels every
+            // task DataFusion started for it.
+            Err(_) => Err(QueryError::Timeout(timeout)),
+        }
+    }
+
+    async fn execute(
+        &self,
+        who: &Principal,
+        sql: &str,
+        bind: impl FnOnce(LogicalPlan) -> Result<LogicalPlan, QueryError>,
+    ) -> Result<QueryOutput, QueryError> {
+        let session = self.session(who);
+        let plan = bind(self.plan(&session, who, sql).await?)?;
+        let memory_mb = self.limits.query_memory_mb;
+        let frame = session
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(QueryError::from_datafusion)?;
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let mut stream = frame
+            .execute_stream()
+            .await
+            .map_err(|e| QueryError::from_execution(e, memory_mb))?;
+        let (max_rows, max_bytes) = (self.limits.max_result_rows, self.limits.max_result_bytes());
+        let (mut batches, mut rows, mut bytes) = (Vec::new(), 0usize, 0usize);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| QueryError::from_execution(e, memory_mb))?;
+            rows += batch.num_rows();
+            bytes += batch.get_array_memory_size();
+            if rows > max_rows {
+                return Err(QueryError::TooLarge {
+                    key: "max_result_rows",
+                    limit: format!("{max_rows} rows"),
+                });
+            }
+            if bytes > max_bytes {
+                return Err(QueryError::TooLarge {
+                    key: "max_result_mb",
+                    limit: format!("{} MiB", self.limits.max_result_mb),
+                });
+            }
+            if batch.num_rows() > 0 {
+                batches.push(batch);
+            }
+        }
+        let tables = session.read.lock().expect("not poisoned").clone();
+        Ok(QueryOutput {
+            schema,
+            batches,
+            rows,
+            tables,
+        })
+    }
+
+    fn record(
+        &self,
+        who: &Principal,
+        sql: &str,
+        interface: Interface,
+        took: Duration,
+        result: Result<&QueryOutput, &QueryError>,
+    ) {
+        let (outcome, rows, error) = match result {
+            Ok(out) => ("ok", out.rows, None),
+            Err(e) => (e.outcome(), 0, Some(e.to_string())),
+        };
+        let role = who.role.as_str();
+        self.metrics
+            .duration
+            .with_label_values(&[interface.as_str(), role, outcome])
+            .observe(took.as_secs_f64());
+        self.metrics
+            .rows
+            .with_label_values(&[interface.as_str(), role])
+            .inc_by(rows as u64);
+        if let Err(e) = result
+            && let Some(refusal) = e.refusal()
+        {
+            self.metrics
+                .refusals
+                .with_label_values(&[refusal.as_str()])
+                .inc();
+        }
+        self.audit.write(&AuditRecord {
+            at: Utc::now(),
+            who: &who.name,
+            role,
+            interface: interface.as_str(),
+            sql,
+            outcome,
+            rows,
+            duration_ms: took.as_secs_f64() * 1000.0,
+            error,
+        });
+    }
+}
+
+/// Makes joins give the thread back now and then.
+///
+/// DataFusion yields to tokio where it reads files, but a join can emit
+/// millions of batches per batch it reads (a cross join, say), and its
+/// parent consumes them in one poll, so a timeout never gets to fire and
+/// dropping the query does not stop it. Wrapping each join's output in
+/// DataFusion's [`CooperativeExec`] spends tokio's task budget per batch,
+/// so the task yields every so often: the timeout fires, the query's tasks
+/// are dropped at that yield, and other queries get the thread.
+#[derive(Debug)]
+struct YieldInJoins;
+
+impl PhysicalOptimizerRule for YieldInJoins {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let name = node.name();
+            if name.contains("Join") || name == "UnnestExec" {
+                Ok(Transformed::yes(
+                    Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>
+                ))
+            } else {
+                Ok(Transformed::no(node))
+            }
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "pathflow_yield_in_joins"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Runs `f` when dropped, however the scope is left (including cancellation).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
