@@ -41,12 +41,30 @@ enum Command {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Answer SQL over the tables (HTTP and the Postgres wire protocol), with scoped tokens; runs until Ctrl-C.
+    Serve(ServeArgs),
     /// Write the JSON Schema of every event type into a directory.
     Schemas {
         /// Directory to write `*.schema.json` into (stale ones are removed).
         #[arg(long, default_value = "schemas/json")]
         out: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ServeArgs {
+    /// The TOML config (see deploy/serve.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    action: Option<ServeAction>,
+}
+
+#[derive(Subcommand)]
+enum ServeAction {
+    /// Read a token from standard input and print the hash to put in the config's [[tokens]].
+    HashToken,
 }
 
 #[derive(clap::Args)]
@@ -160,12 +178,60 @@ fn transform(config: PathBuf, rebuild: bool) -> anyhow::Result<()> {
     })
 }
 
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(ServeAction::HashToken) = args.action {
+        let mut token = String::new();
+        std::io::stdin()
+            .read_line(&mut token)
+            .context("reading the token from standard input")?;
+        let token = token.trim();
+        anyhow::ensure!(
+            token.len() >= 16,
+            "a token needs at least 16 characters; make one with e.g. `head -c 32 /dev/urandom | base64`"
+        );
+        println!("{}", pathflow_query::auth::TokenHash::of(token));
+        return Ok(());
+    }
+    let config = args.config.context(
+        "`pathflow serve` needs --config FILE (see deploy/serve.example.toml), \
+         or `pathflow serve hash-token`",
+    )?;
+    let cfg = pathflow_query::ServeConfig::load(&config)?;
+    if cfg.tokens.is_empty() {
+        eprintln!(
+            "serve: no [[tokens]] are configured, so every request will be refused; \
+             add one (see deploy/serve.example.toml)"
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let metrics = pathflow_query::metrics::QueryMetrics::new();
+        let bound = pathflow_query::serve::bind(&cfg, metrics).await?;
+        eprintln!(
+            "serve: {} on http://{}{}",
+            cfg.tables.location,
+            bound.http_addr(),
+            bound
+                .postgres_addr()
+                .map(|a| format!(" and postgres://{a}"))
+                .unwrap_or_default()
+        );
+        pathflow_query::serve::serve(bound, async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("serve: interrupted, finishing the queries running and stopping");
+        })
+        .await?;
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Simulate(args) => simulate(args),
         Command::Ingest { config } => ingest(config),
         Command::Transform { config, rebuild } => transform(config, rebuild),
+        Command::Serve(args) => serve(args),
         Command::Schemas { out } => pathflow_schemas::json_schema::write_schema_files(&out)
             .with_context(|| format!("writing JSON Schemas to {}", out.display()))
             .map(|n| eprintln!("wrote {n} schema files to {}", out.display())),

@@ -326,6 +326,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads_with_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/serve.example.toml");
+        let cfg = ServeConfig::load(&path).unwrap();
+        assert_eq!(cfg.tokens.len(), 3);
+        assert_eq!(cfg.tokens[1].treatment_functions, ["110"]);
+        assert!(cfg.audit.path.is_some());
+    }
+
+    #[test]
     fn defaults_fill_what_is_left_out() {
         let cfg = parse("[tables]\nlocation='x'\n").unwrap();
         assert_eq!(cfg.limits.max_concurrent_queries, 8);

@@ -254,7 +254,19 @@ impl Engine {
         bind: impl FnOnce(LogicalPlan) -> Result<LogicalPlan, QueryError>,
     ) -> Result<QueryOutput, QueryError> {
         let started = Instant::now();
+        // A client that goes away (Postgres cancel, HTTP disconnect) drops
+        // this future: the guard still writes the audit line.
+        let unfinished = scopeguard(|| {
+            self.record(
+                who,
+                sql,
+                interface,
+                started.elapsed(),
+                Err(&QueryError::Cancelled),
+            )
+        });
         let result = self.run_inner(who, sql, bind).await;
+        unfinished.disarm();
         self.record(who, sql, interface, started.elapsed(), result.as_ref());
         result
     }
@@ -427,15 +439,24 @@ impl PhysicalOptimizerRule for YieldInJoins {
     }
 }
 
-/// Runs `f` when dropped, however the scope is left (including cancellation).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
+/// Runs `f` when dropped, however the scope is left (including
+/// cancellation), unless disarmed first.
+fn scopeguard<F: FnOnce()>(f: F) -> Guard<F> {
+    Guard(Some(f))
+}
+
+struct Guard<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Guard<F> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
         }
     }
-    Guard(Some(f))
 }

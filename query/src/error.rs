@@ -68,6 +68,9 @@ pub enum QueryError {
          try again shortly"
     )]
     Busy(usize),
+    /// The client went away before the result was complete.
+    #[error("the query was cancelled by the client")]
+    Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -115,6 +118,7 @@ impl QueryError {
             QueryError::TooLarge { .. } => "too_large",
             QueryError::Memory(..) => "memory",
             QueryError::Busy(_) => "busy",
+            QueryError::Cancelled => "cancelled",
             QueryError::Internal(_) => "internal",
         }
     }
@@ -132,6 +136,7 @@ impl QueryError {
             QueryError::TooLarge { .. } => 413,
             QueryError::Memory(..) => 422,
             QueryError::Busy(_) => 503,
+            QueryError::Cancelled => 400,
             QueryError::Internal(_) => 500,
         }
     }
@@ -151,6 +156,7 @@ impl QueryError {
             QueryError::TooLarge { .. } => "54000",
             QueryError::Memory(..) => "53200",
             QueryError::Busy(_) => "53300",
+            QueryError::Cancelled => "57014",
             QueryError::Internal(_) => "XX000",
         }
     }
@@ -167,6 +173,15 @@ impl QueryError {
 /// DataFusion prefixes messages with the error's kind ("Error during
 /// planning: ..."); the kind is ours to say, so it is dropped.
 fn tidy(message: &str) -> String {
+    // sqlparser's errors arrive as `ParserError("...")` (Debug formatting).
+    let message = match message
+        .strip_prefix("ParserError(\"")
+        .or_else(|| message.strip_prefix("sql parser error: ParserError(\""))
+        .and_then(|m| m.strip_suffix("\")"))
+    {
+        Some(inner) => inner,
+        None => message,
+    };
     for prefix in [
         "Error during planning: ",
         "SQL error: ",
@@ -204,5 +219,9 @@ mod tests {
             Some((1, 10))
         );
         assert_eq!(position_in("no position here"), None);
+        assert_eq!(
+            tidy("ParserError(\"Expected: end of statement, found: FORM\")"),
+            "Expected: end of statement, found: FORM"
+        );
     }
 }

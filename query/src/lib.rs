@@ -13,6 +13,8 @@
 //!   the limits (timeout, memory, result size, concurrency), audited and
 //!   measured; both interfaces go through it.
 //! - [`error`]: [`error::QueryError`], with its HTTP status and SQLSTATE.
+//! - [`serve`]: `pathflow serve`: bind, keep the tables fresh, serve both
+//!   interfaces until shut down.
 //! - [`audit`], [`metrics`]: the audit log and the Prometheus metrics.
 //! - [`http`]: the HTTP API (`POST /v1/sql` in JSON, CSV, Arrow IPC or
 //!   Parquet; `/v1/tables`; health, readiness and metrics).
@@ -30,6 +32,7 @@ pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod serve;
 pub mod testing;
 
 pub use auth::{Principal, Role, Scope};

@@ -489,7 +489,7 @@ fn setting_name(asked: &str) -> &str {
 /// The SQL and what was learnt from it at Parse, kept by pgwire as the
 /// prepared statement.
 #[derive(Debug, Clone)]
-pub struct Prepared {
+struct Prepared {
     sql: String,
     kind: PreparedKind,
 }

@@ -38,7 +38,9 @@ pub struct Bound {
 
 impl Bound {
     pub fn http_addr(&self) -> std::net::SocketAddr {
-        self.http.local_addr().expect("a bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
     }
     pub fn postgres_addr(&self) -> Option<std::net::SocketAddr> {
         self.postgres.as_ref().and_then(|l| l.local_addr().ok())
@@ -65,10 +67,10 @@ pub async fn bind(cfg: &ServeConfig, metrics: QueryMetrics) -> Result<Bound, Ser
             missing.join(", ")
         );
     }
-    let reloader = tables.spawn_reloader(
-        Duration::from_millis(cfg.tables.reload_interval_ms),
-        |p| eprintln!("serve: cannot reload {p}; queries keep the last version read"),
-    );
+    let reloader = tables
+        .spawn_reloader(Duration::from_millis(cfg.tables.reload_interval_ms), |p| {
+            eprintln!("serve: cannot reload {p}; queries keep the last version read")
+        });
     let engine = Engine::new(cfg, tables, metrics).map_err(ServeError::Audit)?;
     let http = TcpListener::bind(&cfg.http.listen)
         .await
@@ -99,7 +101,10 @@ pub async fn bind(cfg: &ServeConfig, metrics: QueryMetrics) -> Result<Bound, Ser
 }
 
 /// Serves until `shutdown` completes.
-pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn serve(
+    bound: Bound,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let Bound {
         engine,
         http,
@@ -114,7 +119,11 @@ pub async fn serve(bound: Bound, shutdown: impl Future<Output = ()> + Send + 'st
         }
     };
     let pg = postgres.map(|listener| {
-        tokio::spawn(crate::pg::serve_pg(Arc::clone(&engine), listener, wait(&stop)))
+        tokio::spawn(crate::pg::serve_pg(
+            Arc::clone(&engine),
+            listener,
+            wait(&stop),
+        ))
     });
     let http = tokio::spawn(crate::http::serve_http(
         Arc::clone(&engine),

@@ -432,6 +432,25 @@ async fn memory_result_size_and_concurrency_limits_say_which_limit() {
         other => panic!("expected busy, got {other:?}"),
     }
     let _ = slow.await;
+
+    // A client that goes away mid-query is still audited, as cancelled.
+    let gone = {
+        let (e, who) = (e.clone(), analyst.clone());
+        tokio::spawn(async move {
+            e.run(
+                &who,
+                "SELECT sum(a.kafka_offset - b.kafka_offset) FROM events a CROSS JOIN events b",
+                Interface::Http,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gone.abort();
+    let _ = gone.await;
+    let metrics = e.metrics().render();
+    assert!(metrics.contains("outcome=\"cancelled\""), "{metrics}");
+    assert_eq!(e.metrics().in_flight.get(), 0);
 }
 
 #[tokio::test]
