@@ -295,19 +295,22 @@ struct PrincipalSchema {
 
 impl PrincipalSchema {
     fn visible(&self, snapshot: &Snapshot) -> bool {
-        if !role_reads(self.principal.role, snapshot.layer) {
-            return false;
-        }
-        match &self.principal.scope {
-            // Fail closed: a table without the scope's columns is not shown.
-            Some(_) => {
-                let schema = snapshot.schema();
-                schema.column_with_name(PRACTICE_COLUMN).is_some()
-                    && schema.column_with_name(TREATMENT_FUNCTION_COLUMN).is_some()
-            }
-            None => true,
-        }
+        visible(&self.principal, snapshot)
     }
+}
+
+/// Whether `who` may read `snapshot` at all: its role reads the table's
+/// layer and, for a scoped principal, the table has both scope columns
+/// (fail closed: a table that cannot be filtered is not shown).
+pub fn visible(who: &Principal, snapshot: &Snapshot) -> bool {
+    role_reads(who.role, snapshot.layer) && (who.scope.is_none() || scopable(snapshot))
+}
+
+/// Whether the table has the columns a clinical pair's scope filters on.
+pub fn scopable(snapshot: &Snapshot) -> bool {
+    let schema = snapshot.schema();
+    schema.column_with_name(PRACTICE_COLUMN).is_some()
+        && schema.column_with_name(TREATMENT_FUNCTION_COLUMN).is_some()
 }
 
 #[async_trait]

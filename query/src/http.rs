@@ -602,10 +602,7 @@ fn hidden_from(who: &Principal, snapshot: &Snapshot) -> Option<String> {
     if !role_reads(who.role, snapshot.layer) {
         return Some(role_refusal(who, snapshot.name));
     }
-    let schema = snapshot.schema();
-    let scopable = schema.column_with_name(PRACTICE_COLUMN).is_some()
-        && schema.column_with_name(TREATMENT_FUNCTION_COLUMN).is_some();
-    (who.scope.is_some() && !scopable).then(|| {
+    (!crate::catalog::visible(who, snapshot)).then(|| {
         format!(
             "`{}` has no `{PRACTICE_COLUMN}` and `{TREATMENT_FUNCTION_COLUMN}` columns to limit \
              it to a clinical pair's scope, so it is not shared with clinical pairs",
