@@ -9,6 +9,8 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 
+mod demo;
+
 // The connectors allocate small strings for every event; mimalloc is
 // measurably quicker at that than glibc's malloc (BENCHMARKS.md, ingest).
 #[global_allocator]
@@ -24,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline on this machine: simulate, an in-process Kafka, ingest, transform, serve SQL; prints how to query it.
+    Demo(demo::DemoArgs),
     /// Write source-side files (GP, PAS, e-RS, FHIR) for a fictional ICB, with synthetic identifiers.
     Simulate(SimulateArgs),
     /// Run the connectors a config names: files read once or watched, HTTP push; events into Kafka (pseudonymised; bad records to the dead-letter topic).
@@ -228,6 +232,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Simulate(args) => simulate(args),
         Command::Ingest { config } => ingest(config),
         Command::Transform { config, rebuild } => transform(config, rebuild),
