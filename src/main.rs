@@ -47,6 +47,11 @@ enum Command {
     },
     /// Answer SQL over the tables (HTTP and the Postgres wire protocol), with scoped tokens; runs until Ctrl-C.
     Serve(ServeArgs),
+    /// Commissioners' extracts from the serve config's [[extracts]]: run one now, or list them with their next run times.
+    Extract {
+        #[command(subcommand)]
+        action: ExtractAction,
+    },
     /// Write the JSON Schema of every event type into a directory.
     Schemas {
         /// Directory to write `*.schema.json` into (stale ones are removed).
@@ -69,6 +74,56 @@ struct ServeArgs {
 enum ServeAction {
     /// Read a token from standard input and print the hash to put in the config's [[tokens]].
     HashToken,
+}
+
+#[derive(Subcommand)]
+enum ExtractAction {
+    /// Run one extract now (outside its schedule), writing its file and manifest.
+    Run {
+        /// The extract's `name` in the config.
+        name: String,
+        /// The serve config (see deploy/serve.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List the extracts with their schedules and next run times.
+    List {
+        /// The serve config (see deploy/serve.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn extract(action: ExtractAction) -> anyhow::Result<()> {
+    use pathflow_query::extract;
+    match action {
+        ExtractAction::List { config } => {
+            let cfg = pathflow_query::ServeConfig::load(&config)?;
+            for line in pathflow_query::schedule::list(&cfg.extracts, chrono::Utc::now()) {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        ExtractAction::Run { name, config } => {
+            let cfg = pathflow_query::ServeConfig::load(&config)?;
+            let ex = extract::find(&cfg, &name)
+                .map_err(anyhow::Error::msg)?
+                .clone();
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let delivered = runtime.block_on(async {
+                let engine = extract::open_engine(&cfg)
+                    .await
+                    .context("opening the audit log")?;
+                let slot = extract::Slot::Manual(chrono::Utc::now());
+                anyhow::Ok(extract::run(&engine, &ex, slot).await?)
+            })?;
+            eprintln!(
+                "extract {name}: {} rows to {} in {} (manifest {})",
+                delivered.manifest.rows, ex.destination, delivered.file, delivered.manifest_file
+            );
+            Ok(())
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -237,6 +292,7 @@ fn main() -> ExitCode {
         Command::Ingest { config } => ingest(config),
         Command::Transform { config, rebuild } => transform(config, rebuild),
         Command::Serve(args) => serve(args),
+        Command::Extract { action } => extract(action),
         Command::Schemas { out } => pathflow_schemas::json_schema::write_schema_files(&out)
             .with_context(|| format!("writing JSON Schemas to {}", out.display()))
             .map(|n| eprintln!("wrote {n} schema files to {}", out.display())),

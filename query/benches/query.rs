@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,10 @@ use serde_json::{Value, json};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Bytes the deriver holds per event folded (its entity states keep every
+/// fact with its event id): measured, 4.5 GiB peak for 2.75 M events.
+const DERIVE_BYTES_PER_EVENT: f64 = 1_700.0;
 
 /// Events per bronze commit while the dataset is built: about what a
 /// consumer commits under load, and a bounded amount in memory at once.
@@ -106,6 +111,9 @@ struct Timing {
     median_ms: f64,
     p99_ms: f64,
     rows: Option<usize>,
+    /// Median of the time to a physical plan (parse, plan, optimise, list
+    /// and prune the tables' files), where it is known.
+    plan_ms: Option<f64>,
 }
 
 impl Timing {
@@ -123,17 +131,20 @@ impl Timing {
             median_ms: median * 1e3,
             p99_ms: samples[rank - 1] * 1e3,
             rows,
+            plan_ms: None,
         }
     }
 }
 
 /// Each query through the DataFusion session `pathflow serve` reads the
-/// tables with: planning, execution and the collected batches.
+/// tables with: planning, execution and the collected batches. With
+/// `explain`, each query's `EXPLAIN ANALYZE` goes to stderr first.
 fn datafusion_latencies(
     runtime: &tokio::runtime::Runtime,
     location: &Path,
     queries: &[Query],
     runs: usize,
+    explain: bool,
 ) -> Result<Vec<Timing>, Error> {
     let location = location
         .to_str()
@@ -141,21 +152,43 @@ fn datafusion_latencies(
     let ctx = runtime.block_on(sql_session(location, &HashMap::new()))?;
     let mut out = Vec::new();
     for q in queries {
-        let run = || -> Result<(usize, f64), Error> {
-            let started = Instant::now();
-            let batches = runtime.block_on(async { ctx.sql(&q.sql).await?.collect().await })?;
-            let secs = started.elapsed().as_secs_f64();
-            Ok((batches.iter().map(|b| b.num_rows()).sum(), secs))
-        };
-        let (rows, _) = run().map_err(|e| format!("query {}: {e}", q.name))?;
-        let mut samples = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            samples.push(run()?.1);
+        if explain {
+            let sql = format!("EXPLAIN ANALYZE {}", q.sql);
+            let batches = runtime.block_on(async { ctx.sql(&sql).await?.collect().await })?;
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)?;
+            eprintln!("query bench: {}\n{text}", q.name);
         }
-        let t = Timing::of(samples, Some(rows));
+        // (rows, seconds to a physical plan, seconds in all)
+        let run = || -> Result<(usize, f64, f64), Error> {
+            let started = Instant::now();
+            let (batches, planned) = runtime.block_on(async {
+                let frame = ctx.sql(&q.sql).await?;
+                let task = Arc::new(frame.task_ctx());
+                let plan = frame.create_physical_plan().await?;
+                let planned = started.elapsed().as_secs_f64();
+                let batches = datafusion::physical_plan::collect(plan, task).await?;
+                Ok::<_, datafusion::error::DataFusionError>((batches, planned))
+            })?;
+            let secs = started.elapsed().as_secs_f64();
+            Ok((batches.iter().map(|b| b.num_rows()).sum(), planned, secs))
+        };
+        let (rows, _, _) = run().map_err(|e| format!("query {}: {e}", q.name))?;
+        let mut samples = Vec::with_capacity(runs);
+        let mut plans = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let (_, planned, secs) = run()?;
+            samples.push(secs);
+            plans.push(planned);
+        }
+        let mut t = Timing::of(samples, Some(rows));
+        t.plan_ms = Some(Timing::of(plans, None).median_ms);
         eprintln!(
-            "query bench: datafusion {:<36} median {:8.2} ms, p99 {:8.2} ms, {} rows",
-            q.name, t.median_ms, t.p99_ms, rows
+            "query bench: datafusion {:<36} median {:8.2} ms (planning {:.2}), p99 {:8.2} ms, {} rows",
+            q.name,
+            t.median_ms,
+            t.plan_ms.unwrap_or(f64::NAN),
+            t.p99_ms,
+            rows
         );
         out.push(t);
     }
@@ -274,6 +307,7 @@ fn duckdb_latencies(
                 median_ms: get("median_ms"),
                 p99_ms: get("p99_ms"),
                 rows,
+                plan_ms: None,
             },
         );
     }
@@ -291,6 +325,28 @@ fn peak_rss_mib() -> f64 {
             line.split_whitespace().nth(1)?.parse::<f64>().ok()
         })
         .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The resident set of this process now, in MiB.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Memory available to start new work without swapping (`MemAvailable`), in bytes.
+fn mem_available_bytes() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(f64::INFINITY, |kib| kib * 1024.0)
 }
 
 /// Starts measuring the peak resident set afresh (Linux: `clear_refs` 5).
@@ -388,13 +444,50 @@ fn build_dataset(
     let bronze_rss = peak_rss_mib();
     std::fs::remove_dir_all(&sim)?;
 
+    // The deriver keeps every entity's folded facts in memory: refuse a size
+    // that cannot fit rather than run the machine out of memory.
+    let need = events as f64 * DERIVE_BYTES_PER_EVENT;
+    let available = mem_available_bytes();
+    if need > 0.9 * available && std::env::var_os("PATHFLOW_BENCH_QUERY_FORCE").is_none() {
+        let gib = |b: f64| b / f64::from(1u32 << 30);
+        return Err(format!(
+            "deriving {events} events needs about {:.1} GiB ({DERIVE_BYTES_PER_EVENT} bytes per \
+             event, measured) and {:.1} GiB is available: lower PATHFLOW_BENCH_QUERY_POPULATION \
+             or _WEEKS, or set PATHFLOW_BENCH_QUERY_FORCE=1 to try anyway",
+            gib(need),
+            gib(available)
+        )
+        .into());
+    }
+
     reset_peak_rss();
     let derive_started = Instant::now();
     let location = tables.to_str().ok_or("the tables location is not UTF-8")?;
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut last = Instant::now();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if last.elapsed() >= Duration::from_secs(5) {
+                    eprintln!(
+                        "query bench: deriving, {:.0} s: RSS {:.0} MiB",
+                        derive_started.elapsed().as_secs_f64(),
+                        rss_mib()
+                    );
+                    last = Instant::now();
+                }
+            }
+        })
+    };
     let report = runtime.block_on(async {
         let mut deriver = Deriver::open(location, &HashMap::new()).await?;
         deriver.catch_up().await
-    })?;
+    });
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    let report = report?;
     let derive_s = derive_started.elapsed().as_secs_f64();
     let derive_rss = peak_rss_mib();
     eprintln!(
@@ -471,6 +564,10 @@ fn table_sizes(
     Ok(out)
 }
 
+fn planning(t: &Timing) -> String {
+    t.plan_ms.map_or("–".to_string(), |p| format!("{p:.2}"))
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -483,6 +580,7 @@ fn main() -> Result<(), Error> {
     let weeks: u32 = env_or("PATHFLOW_BENCH_QUERY_WEEKS", 52);
     let runs: usize = env_or("PATHFLOW_BENCH_QUERY_RUNS", 50).max(1);
     let only = std::env::var("PATHFLOW_BENCH_QUERY_ONLY").ok();
+    let explain = std::env::var_os("PATHFLOW_BENCH_QUERY_EXPLAIN").is_some();
     let root = std::env::var_os("PATHFLOW_BENCH_QUERY_DATA")
         .map(PathBuf::from)
         .or_else(|| {
@@ -552,7 +650,7 @@ fn main() -> Result<(), Error> {
         }
         Err(_) => (
             "DataFusion direct",
-            datafusion_latencies(&runtime, &tables, &queries, runs)?,
+            datafusion_latencies(&runtime, &tables, &queries, runs, explain)?,
         ),
     };
     let duck = duckdb_latencies(&tables, &queries_file, only.as_deref(), runs)?;
@@ -562,14 +660,18 @@ fn main() -> Result<(), Error> {
     );
     println!();
     println!(
-        "| query | {label} median | p99 | DuckDB median | p99 | ratio | rows |\n|---|---:|---:|---:|---:|---:|---:|"
+        "| query | {label} median | p99 | of which planning | DuckDB median | p99 | ratio | rows |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut ratios = Vec::new();
     for (q, t) in queries.iter().zip(&ours) {
         let Some(d) = duck.get(&q.name) else {
             println!(
-                "| {} | {:.2} | {:.2} | – | – | – | |",
-                q.name, t.median_ms, t.p99_ms
+                "| {} | {:.2} | {:.2} | {} | – | – | – | |",
+                q.name,
+                t.median_ms,
+                t.p99_ms,
+                planning(t)
             );
             continue;
         };
@@ -580,8 +682,13 @@ fn main() -> Result<(), Error> {
             (a, b) => format!("**{a:?} vs {b:?}**"),
         };
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {ratio:.2} | {rows} |",
-            q.name, t.median_ms, t.p99_ms, d.median_ms, d.p99_ms
+            "| {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {ratio:.2} | {rows} |",
+            q.name,
+            t.median_ms,
+            t.p99_ms,
+            planning(t),
+            d.median_ms,
+            d.p99_ms
         );
     }
     if !ratios.is_empty() {

@@ -30,6 +30,9 @@ pub struct ServeConfig {
     pub tokens: Vec<TokenConfig>,
     #[serde(default)]
     pub tokens_file: Option<PathBuf>,
+    /// Scheduled extracts (see [`crate::extract`]).
+    #[serde(default)]
+    pub extracts: Vec<crate::extract::ExtractConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +232,7 @@ impl ServeConfig {
             audit: AuditConfig::default(),
             tokens: Vec::new(),
             tokens_file: None,
+            extracts: Vec::new(),
         }
     }
 
@@ -261,6 +265,16 @@ impl ServeConfig {
                 }
                 _ => {}
             }
+        }
+        let mut extracts = std::collections::HashSet::new();
+        for e in &self.extracts {
+            if !extracts.insert(&e.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "two [[extracts]] are named {:?}: each needs its own name (it names the files)",
+                    e.name
+                )));
+            }
+            e.validate().map_err(ConfigError::Invalid)?;
         }
         let l = &self.limits;
         for (key, value) in [

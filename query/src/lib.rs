@@ -16,8 +16,13 @@
 //! - [`serve`]: `pathflow serve`: bind, keep the tables fresh, serve both
 //!   interfaces until shut down.
 //! - [`audit`], [`metrics`]: the audit log and the Prometheus metrics.
+//! - [`domain`]: domain gauges for Grafana (waits, DNAs, follow-ups, A&G,
+//!   referrals) from the gold tables, refreshed on each commit.
 //! - [`http`]: the HTTP API (`POST /v1/sql` in JSON, CSV, Arrow IPC or
 //!   Parquet; `/v1/tables`; health, readiness and metrics).
+//! - [`extract`], [`schedule`], [`disclosure`]: scheduled files for
+//!   commissioners (CSV, Parquet, XLSX, with a manifest), run once per cron
+//!   slot, counts suppressed and rounded by the OpenSAFELY rule.
 //! - [`pg`]: the PostgreSQL wire protocol (`psql`, Grafana, BI tools), a
 //!   pathflow token as the password.
 //! - [`testing`]: simulated tables and an engine over them, for tests.
@@ -26,12 +31,16 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+pub mod disclosure;
+pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod extract;
 pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod schedule;
 pub mod serve;
 pub mod testing;
 

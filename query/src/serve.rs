@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::catalog::LiveTables;
 use crate::config::ServeConfig;
+use crate::domain::{DEFAULT_MAX_PRACTICES, DomainMetrics};
 use crate::engine::Engine;
 use crate::metrics::QueryMetrics;
 
@@ -34,6 +35,8 @@ pub struct Bound {
     pub http: TcpListener,
     pub postgres: Option<TcpListener>,
     reloader: tokio::task::JoinHandle<()>,
+    domain: Option<tokio::task::JoinHandle<()>>,
+    extracts: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Bound {
@@ -72,6 +75,19 @@ pub async fn bind(cfg: &ServeConfig, metrics: QueryMetrics) -> Result<Bound, Ser
             eprintln!("serve: cannot reload {p}; queries keep the last version read")
         });
     let engine = Engine::new(cfg, tables, metrics).map_err(ServeError::Audit)?;
+    // Refreshed on each commit the reloader sees; a registry that already
+    // holds them (a second bind on one `QueryMetrics`) serves the first's.
+    let domain = match DomainMetrics::register(engine.metrics().registry(), DEFAULT_MAX_PRACTICES) {
+        Ok(d) => Some(Arc::new(d).spawn(
+            Arc::clone(&engine),
+            Duration::from_millis(cfg.tables.reload_interval_ms),
+        )),
+        Err(e) => {
+            eprintln!("serve: domain metrics not registered: {e}");
+            None
+        }
+    };
+    let extracts = spawn_extracts(cfg, &engine);
     let http = TcpListener::bind(&cfg.http.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -97,7 +113,32 @@ pub async fn bind(cfg: &ServeConfig, metrics: QueryMetrics) -> Result<Bound, Ser
         http,
         postgres,
         reloader,
+        domain,
+        extracts,
     })
+}
+
+/// The extract scheduler, when the config has `[[extracts]]`.
+fn spawn_extracts(cfg: &ServeConfig, engine: &Arc<Engine>) -> Option<tokio::task::JoinHandle<()>> {
+    if cfg.extracts.is_empty() {
+        return None;
+    }
+    let log: crate::schedule::Log = Arc::new(|line: &str| eprintln!("serve: {line}"));
+    match crate::schedule::ExtractMetrics::register(engine.metrics().registry()) {
+        Ok(metrics) => {
+            let s = crate::schedule::Scheduler::new(
+                Arc::clone(engine),
+                cfg.extracts.clone(),
+                metrics,
+                log,
+            );
+            Some(Arc::new(s).spawn())
+        }
+        Err(e) => {
+            eprintln!("serve: extracts not scheduled: their metrics cannot be registered: {e}");
+            None
+        }
+    }
 }
 
 /// Serves until `shutdown` completes.
@@ -110,6 +151,8 @@ pub async fn serve(
         http,
         postgres,
         reloader,
+        domain,
+        extracts,
     } = bound;
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let wait = |stop: &tokio::sync::broadcast::Sender<()>| {
@@ -133,6 +176,12 @@ pub async fn serve(
     shutdown.await;
     let _ = stop.send(());
     reloader.abort();
+    if let Some(extracts) = extracts {
+        extracts.abort();
+    }
+    if let Some(domain) = domain {
+        domain.abort();
+    }
     if let Some(pg) = pg {
         let _ = pg.await;
     }

@@ -58,7 +58,7 @@ pub async fn derive(location: &Path) {
 /// returned guard lives).
 pub async fn simulated_tables(population: u32, weeks: u32) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let events = simulated_events(dir.path(), population, weeks, 7);
+    let events = simulated_events(dir.path(), population, weeks, 3);
     let location = dir.path().join("tables");
     write_tables(&location, &events).await;
     (dir, location)
