@@ -5,58 +5,20 @@
 //! with exit status 0, leaving the tables on disk.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-struct Demo(Child);
+mod common;
 
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{Killed, free_port};
 
 fn http(port: u16, token: &str, sql: &str) -> (u16, String) {
-    let response = reqwest::blocking::Client::new()
-        .post(format!("http://127.0.0.1:{port}/v1/sql"))
-        .bearer_auth(token)
-        .header("accept", "text/csv")
-        .body(sql.to_string())
-        .send()
-        .unwrap();
-    (response.status().as_u16(), response.text().unwrap())
+    common::http_sql(port, token, sql, "text/csv")
 }
 
 fn psql(port: u16, token: &str, sql: &str) -> Vec<String> {
-    let out = Command::new("psql")
-        .arg(format!(
-            "host=127.0.0.1 port={port} user=analyst dbname=pathflow sslmode=disable connect_timeout=5"
-        ))
-        .args(["-X", "-A", "-t", "-F", ",", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGPASSWORD", token)
-        .output()
-        .expect("psql runs (postgresql-client is installed by .ci/run)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+    common::psql(port, token, sql).unwrap_or_else(|e| panic!("psql: {e}"))
 }
 
 /// The value after `export NAME=` in the demo's output.
@@ -87,7 +49,7 @@ fn demo_serves_http_and_psql_and_stops_cleanly_on_ctrl_c() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut demo = Demo(child);
+    let mut demo = Killed(child);
 
     // Its stdout, line by line, until it says it is serving.
     let (tx, rx) = mpsc::channel();

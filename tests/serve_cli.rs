@@ -5,9 +5,8 @@
 //! server runs shows up within two seconds.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pathflow_query::auth::TokenHash;
@@ -15,51 +14,12 @@ use pathflow_query::auth::TokenHash;
 const ANALYST: &str = "test-analyst-token-placeholder";
 const PAIR: &str = "test-clinical-pair-token-placeholder";
 
-struct Server(Child);
+mod common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{Killed, free_port, psql};
 
 fn http(port: u16, token: &str, sql: &str, accept: &str) -> (u16, String) {
-    let response = reqwest::blocking::Client::new()
-        .post(format!("http://127.0.0.1:{port}/v1/sql"))
-        .bearer_auth(token)
-        .header("accept", accept)
-        .body(sql.to_string())
-        .send()
-        .unwrap();
-    (response.status().as_u16(), response.text().unwrap())
-}
-
-fn psql(port: u16, token: &str, sql: &str) -> Result<Vec<String>, String> {
-    let out = Command::new("psql")
-        .arg(format!(
-            "host=127.0.0.1 port={port} user=analyst dbname=pathflow sslmode=disable connect_timeout=5"
-        ))
-        .args(["-X", "-A", "-t", "-F", ",", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGPASSWORD", token)
-        .output()
-        .expect("psql runs (postgresql-client is installed by .ci/run)");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .filter(|l| !l.is_empty())
-        .collect())
+    common::http_sql(port, token, sql, accept)
 }
 
 /// CSV body without its header row.
@@ -67,7 +27,7 @@ fn csv_rows(body: &str) -> Vec<String> {
     body.lines().skip(1).map(str::to_string).collect()
 }
 
-fn start(config: &Path, http_port: u16) -> Server {
+fn start(config: &Path, http_port: u16) -> Killed {
     let child = Command::new(env!("CARGO_BIN_EXE_pathflow"))
         .args(["serve", "--config"])
         .arg(config)
@@ -75,7 +35,7 @@ fn start(config: &Path, http_port: u16) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let server = Server(child);
+    let server = Killed(child);
     let started = Instant::now();
     loop {
         if let Ok(r) = reqwest::blocking::get(format!("http://127.0.0.1:{http_port}/readyz"))

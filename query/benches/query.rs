@@ -28,8 +28,15 @@
 //!    of medians (goal: ≤ 1.0).
 //!
 //! `PATHFLOW_BENCH_QUERY_ONLY=<name>[,<name>]` runs some queries only;
-//! `PATHFLOW_BENCH_QUERY_PYTHON` (default `python3`) is the interpreter with
-//! `duckdb` (and `deltalake`, else the Delta log is read by hand).
+//! `PATHFLOW_BENCH_QUERY_EXPLAIN=1` prints each query's DataFusion `EXPLAIN
+//! ANALYZE` first; `PATHFLOW_BENCH_QUERY_PYTHON` (default `python3`) is the
+//! interpreter with `duckdb` (and `deltalake`, else the Delta log is read by
+//! hand).
+//!
+//! Memory: the deriver holds every entity's folded facts, about 1.7 KB per
+//! event (4.5 GiB for 2.75 M events), so the full 1.5 M × 52-week ICB (about
+//! 40 M events) needs about 65 GiB. The build stops before deriving when
+//! `MemAvailable` is short (`PATHFLOW_BENCH_QUERY_FORCE=1` tries anyway).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read, Write};

@@ -64,6 +64,27 @@ pub async fn simulated_tables(population: u32, weeks: u32) -> (tempfile::TempDir
     (dir, location)
 }
 
+/// Tables of a simulated ICB built once per test binary, for the tests that
+/// only read: `cell` is the binary's own `static`. They are built on a
+/// thread with its own runtime, so they outlive any one test's runtime.
+pub fn tables_once(
+    cell: &'static std::sync::OnceLock<(tempfile::TempDir, PathBuf)>,
+    population: u32,
+    weeks: u32,
+) -> &'static Path {
+    &cell
+        .get_or_init(|| {
+            std::thread::spawn(move || {
+                tokio::runtime::Runtime::new()
+                    .expect("a runtime")
+                    .block_on(simulated_tables(population, weeks))
+            })
+            .join()
+            .expect("the tables are built")
+        })
+        .1
+}
+
 /// A token with `secret` (a placeholder made up by the test).
 pub fn token(
     name: &str,

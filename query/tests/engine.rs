@@ -12,17 +12,7 @@ use pathflow_query::{Engine, Interface, Principal, QueryError, Role};
 /// One set of tables for the tests that only read.
 fn shared_tables() -> &'static Path {
     static TABLES: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &TABLES
-        .get_or_init(|| {
-            std::thread::spawn(|| {
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .block_on(testing::simulated_tables(16_000, 6))
-            })
-            .join()
-            .unwrap()
-        })
-        .1
+    testing::tables_once(&TABLES, 16_000, 6)
 }
 
 const ANALYST: &str = "test-analyst-token";

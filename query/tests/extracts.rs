@@ -18,17 +18,7 @@ use sha2::{Digest, Sha256};
 
 fn shared_tables() -> &'static Path {
     static TABLES: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &TABLES
-        .get_or_init(|| {
-            std::thread::spawn(|| {
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .block_on(testing::simulated_tables(8_000, 4))
-            })
-            .join()
-            .unwrap()
-        })
-        .1
+    testing::tables_once(&TABLES, 8_000, 4)
 }
 
 /// Referrals and A&G requests by provider and specialty: many small counts.

@@ -34,17 +34,7 @@ const PAIR: &str = "test-clinical-pair-token";
 /// One set of tables for every test here (they only read).
 fn shared_tables() -> &'static Path {
     static TABLES: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &TABLES
-        .get_or_init(|| {
-            std::thread::spawn(|| {
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .block_on(testing::simulated_tables(3_000, 8))
-            })
-            .join()
-            .unwrap()
-        })
-        .1
+    testing::tables_once(&TABLES, 3_000, 8)
 }
 
 /// An engine with `tokens` and an audit log, served on a free port until

@@ -16,21 +16,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 /// A simulated ICB's events (what the connectors would produce from its
 /// files, without Kafka), oldest first; `dir` holds the files meanwhile.
 pub fn simulated(dir: &Path, population: u32, weeks: u32, seed: u64) -> Vec<Event> {
-    let out = dir.join(format!("sim-{population}-{weeks}-{seed}"));
-    let mut cfg = pathflow_simulate::SimConfig::new(out.clone());
-    cfg.population = population;
-    cfg.weeks = weeks;
-    cfg.run_in_weeks = weeks.min(52);
-    cfg.seed = seed;
-    pathflow_simulate::run(&cfg, &|_| {}).expect("simulate");
-    let recorded_at = chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
-        .expect("a date")
-        .to_utc();
-    let mut events =
-        pathflow_ingest::simulated::events(&out, "pathflow-test", recorded_at).expect("events");
-    let _ = std::fs::remove_dir_all(&out);
-    events.sort_by_key(|e| e.envelope.occurred_at);
-    events
+    pathflow_query::testing::simulated_events(dir, population, weeks, seed)
 }
 
 /// Produces `events` to their family topics, keyed by entity, idempotently,
@@ -123,4 +109,57 @@ impl Drop for OwnBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test
+/// leaves no server behind.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nothing listens on (at the moment of asking).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `POST /v1/sql` to a local `pathflow serve`: status and body.
+pub fn http_sql(port: u16, token: &str, sql: &str, accept: &str) -> (u16, String) {
+    let response = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/sql"))
+        .bearer_auth(token)
+        .header("accept", accept)
+        .body(sql.to_string())
+        .send()
+        .unwrap();
+    (response.status().as_u16(), response.text().unwrap())
+}
+
+/// `sql` through psql (Debian's postgresql-client) with `token` as the
+/// password: unaligned rows, fields joined by `,`, or psql's error output.
+pub fn psql(port: u16, token: &str, sql: &str) -> Result<Vec<String>, String> {
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=analyst dbname=pathflow sslmode=disable connect_timeout=5"
+        ))
+        .args(["-X", "-A", "-t", "-F", ",", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", token)
+        .output()
+        .expect("psql runs (postgresql-client is installed by .ci/run)");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
 }
