@@ -12,8 +12,8 @@ use chrono::{DateTime, Timelike, Utc};
 use pathflow_query::disclosure;
 use pathflow_query::extract::{self, ExtractConfig, Format, Manifest, Slot};
 use pathflow_query::schedule::{ExtractMetrics, Log, Outcome, Scheduler};
-use pathflow_query::testing::{self, engine};
-use pathflow_query::{Engine, Interface, Principal};
+use pathflow_query::testing::{self, engine, token};
+use pathflow_query::{Engine, Role};
 use sha2::{Digest, Sha256};
 
 fn shared_tables() -> &'static Path {
@@ -56,15 +56,38 @@ fn capture() -> (Log, Arc<Mutex<Vec<String>>>) {
     (log, lines)
 }
 
-/// The rows the SQL gives through the engine, after disclosure control.
-async fn expected(engine: &Engine, cfg: &ExtractConfig) -> RecordBatch {
-    let out = engine
-        .run(&Principal::internal(), &cfg.sql, Interface::Internal)
-        .await
-        .unwrap();
-    disclosure::apply(&cfg.spec(), &out.schema, &out.batches)
-        .unwrap()
-        .0
+const COMMISSIONER: &str = "test-commissioner-token";
+
+/// The rows the same SQL gives over HTTP (`POST /v1/sql`, Arrow IPC, a
+/// commissioner's token: the role extracts query as), after disclosure
+/// control.
+async fn expected(engine: &Arc<Engine>, cfg: &ExtractConfig) -> RecordBatch {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(pathflow_query::http::serve_http(
+        Arc::clone(engine),
+        listener,
+        std::future::pending(),
+    ));
+    let sql = cfg.sql.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let response = reqwest::blocking::Client::new()
+            .post(format!("http://{addr}/v1/sql"))
+            .bearer_auth(COMMISSIONER)
+            .header("accept", "application/vnd.apache.arrow.stream")
+            .body(sql)
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.bytes().unwrap()
+    })
+    .await
+    .unwrap();
+    server.abort();
+    let reader = arrow::ipc::reader::StreamReader::try_new(&body[..], None).unwrap();
+    let schema = reader.schema();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    disclosure::apply(&cfg.spec(), &schema, &batches).unwrap().0
 }
 
 fn rows_of(batches: Vec<RecordBatch>) -> Vec<String> {
@@ -152,7 +175,8 @@ print("NOTES", " ".join(str(c.value) for c in notes["A"] if c.value))
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extract_on_a_schedule_delivers_csv_parquet_and_xlsx_matching_the_sql() {
-    let (e, reloader) = engine(shared_tables(), vec![], |_| {}).await;
+    let tokens = vec![token("icb", COMMISSIONER, Role::Commissioner, &[], &[])];
+    let (e, reloader) = engine(shared_tables(), tokens, |_| {}).await;
     let out = tempfile::tempdir().unwrap();
     // Every two seconds: a seconds-resolution cron, so the test is quick.
     let every = "*/2 * * * * *";
@@ -414,7 +438,8 @@ async fn a_failing_extract_is_counted_and_logged_and_does_not_stop_the_others() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_xlsx_opens_in_openpyxl_with_numbers_and_a_notes_sheet() {
-    let (e, reloader) = engine(shared_tables(), vec![], |_| {}).await;
+    let tokens = vec![token("icb", COMMISSIONER, Role::Commissioner, &[], &[])];
+    let (e, reloader) = engine(shared_tables(), tokens, |_| {}).await;
     let out = tempfile::tempdir().unwrap();
     let mut x = extract("by-hand", "0 7 * * MON", Format::Xlsx, out.path());
     // A percentage from the rounded counts, as a float cell.
