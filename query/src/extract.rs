@@ -47,7 +47,8 @@ pub struct ExtractConfig {
     /// The query; it runs with the commissioner role (gold tables only).
     pub sql: String,
     pub format: Format,
-    /// A directory, or an object-store URL (`file:///srv/out`, `s3://bucket/prefix`).
+    /// A directory, or an object-store URL (`file:///srv/out`; `s3://` and
+    /// the like once their object_store feature is built in).
     pub destination: String,
     /// Where the scheduler records the slots it has run; by default
     /// `.pathflow/` in a local destination (required for a remote one).
