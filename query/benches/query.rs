@@ -157,6 +157,18 @@ fn datafusion_latencies(
         .to_str()
         .ok_or("the tables location is not UTF-8")?;
     let ctx = runtime.block_on(sql_session(location, &HashMap::new()))?;
+    // `PATHFLOW_BENCH_QUERY_SET="key=value;key=value"`: DataFusion options to
+    // try (e.g. `datafusion.execution.parquet.cache_metadata=true`).
+    if let Ok(settings) = std::env::var("PATHFLOW_BENCH_QUERY_SET") {
+        for setting in settings.split(';').filter(|s| !s.trim().is_empty()) {
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or("PATHFLOW_BENCH_QUERY_SET: key=value")?;
+            let sql = format!("SET {} = '{}'", key.trim(), value.trim());
+            runtime.block_on(async { ctx.sql(&sql).await?.collect().await })?;
+            eprintln!("query bench: datafusion {sql}");
+        }
+    }
     let mut out = Vec::new();
     for q in queries {
         if explain {
