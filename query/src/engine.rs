@@ -155,12 +155,17 @@ impl Engine {
     pub fn authenticate(&self, secret: &str, interface: Interface) -> Option<Principal> {
         let found = self.tokens.verify(secret);
         if found.is_none() {
-            self.metrics
-                .unauthorized
-                .with_label_values(&[interface.as_str()])
-                .inc();
+            self.count_unauthorized(interface);
         }
         found
+    }
+
+    /// Counts a request that came without a usable token.
+    pub fn count_unauthorized(&self, interface: Interface) {
+        self.metrics
+            .unauthorized
+            .with_label_values(&[interface.as_str()])
+            .inc();
     }
 
     /// A fresh session for one query by `who`, with its own memory pool.

@@ -181,11 +181,7 @@ impl FromRequestParts<Arc<Engine>> for Authenticated {
             e
         };
         let Some(header) = parts.headers.get(AUTHORIZATION) else {
-            engine
-                .metrics()
-                .unauthorized
-                .with_label_values(&[Interface::Http.as_str()])
-                .inc();
+            engine.count_unauthorized(Interface::Http);
             return Err(unauthorized(
                 format!("this endpoint needs a token: {HOW_TO_AUTHENTICATE}"),
                 r#"Bearer realm="pathflow""#,
@@ -199,11 +195,7 @@ impl FromRequestParts<Arc<Engine>> for Authenticated {
             .map(|(_, secret)| secret.trim())
             .filter(|secret| !secret.is_empty());
         let Some(secret) = secret else {
-            engine
-                .metrics()
-                .unauthorized
-                .with_label_values(&[Interface::Http.as_str()])
-                .inc();
+            engine.count_unauthorized(Interface::Http);
             return Err(unauthorized(
                 format!("the Authorization header is not a bearer token: {HOW_TO_AUTHENTICATE}"),
                 r#"Bearer realm="pathflow", error="invalid_request""#,
