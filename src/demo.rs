@@ -30,15 +30,12 @@ pub struct DemoArgs {
     /// Use these Kafka brokers (host:port,...) instead of the in-process mock cluster.
     #[arg(long)]
     brokers: Option<String>,
-    /// Where to serve SQL over HTTP (and the query metrics).
+    /// Where to serve SQL over HTTP, and `/metrics` for every stage.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: String,
     /// Where to serve the Postgres wire protocol.
     #[arg(long, default_value = "127.0.0.1:5433")]
     pg: String,
-    /// Where to serve the transform's Prometheus metrics.
-    #[arg(long, default_value = "127.0.0.1:9465")]
-    metrics: String,
     /// Registered patients in the simulated ICB (at least 2000).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(2000..))]
     population: u32,
@@ -124,7 +121,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // 4. The configs, written out so each stage can be rerun by hand.
     let tables = dir.join("tables");
     let ingest_cfg = ingest_config(&dir, &sim_out, &key_file, &brokers, &prefix)?;
-    let transform_cfg = transform_config(&dir, &tables, &brokers, &prefix, &args.metrics)?;
+    let transform_cfg = transform_config(&dir, &tables, &brokers, &prefix)?;
     let serve_path = serve_config(&dir, &tables, &args, &analyst_token, &pair_token, &pair)?;
     let serve_cfg = ServeConfig::load(&serve_path)?;
 
@@ -141,7 +138,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             analyst_token: &analyst_token,
             pair_token: &pair_token,
             pair: &pair,
-            metrics: &args.metrics,
         },
     ));
     // Producer and consumer are gone by now; the mock cluster may go.
@@ -187,7 +183,6 @@ struct Ready<'a> {
     analyst_token: &'a str,
     pair_token: &'a str,
     pair: &'a Pair,
-    metrics: &'a str,
 }
 
 async fn pipeline(
@@ -200,20 +195,14 @@ async fn pipeline(
 ) -> anyhow::Result<()> {
     let (interrupt_tx, interrupt) = watch::channel(false);
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("demo: interrupted, stopping");
-            let _ = interrupt_tx.send(true);
-        }
+        let signal = crate::stop_signal().await;
+        eprintln!("demo: {signal}, stopping");
+        let _ = interrupt_tx.send(true);
     });
 
+    // Served with the query metrics and the ingest's, on one `/metrics`
+    // (from when the server starts: until then the progress lines say it).
     let metrics = TransformMetrics::new();
-    let listener = tokio::net::TcpListener::bind(&args.metrics)
-        .await
-        .with_context(|| format!("binding --metrics {}", args.metrics))?;
-    tokio::spawn(pathflow_transform::run::serve_metrics(
-        listener,
-        metrics.clone(),
-    ));
     let (stop_transform, transform_stop) = watch::channel(false);
     let transform = pathflow_transform::run::run(&transform_cfg, &metrics, async move {
         wait_true(transform_stop).await;
@@ -222,7 +211,7 @@ async fn pipeline(
 
     let rest = async {
         progress("transform: joining the consumer group (the mock cluster takes a few seconds)");
-        let Some(events) = ingest(
+        let Some((events, ingest_metrics)) = ingest(
             ingest_cfg,
             args.brokers.is_some(),
             &metrics,
@@ -237,9 +226,10 @@ async fn pipeline(
             return Ok(());
         }
         let cycle = started.elapsed();
-        let bound =
-            pathflow_query::serve::bind(&serve_cfg, pathflow_query::metrics::QueryMetrics::new())
-                .await?;
+        let every_stage = pathflow_query::metrics::QueryMetrics::new()
+            .beside(metrics.registry().clone())
+            .beside(ingest_metrics);
+        let bound = pathflow_query::serve::bind(&serve_cfg, every_stage).await?;
         let (http, pg) = (
             bound.http_addr().to_string(),
             bound
@@ -288,7 +278,8 @@ async fn pipeline(
 }
 
 /// Sends every simulated file once, as `pathflow ingest` would, and returns
-/// the number of events produced (`None`: interrupted first).
+/// the number of events produced and the ingest's metrics (`None`:
+/// interrupted first).
 ///
 /// Each file goes through [`Ingest::ingest`] rather than [`Ingest::run`]:
 /// `run` first creates the topics with the admin API, which the mock
@@ -299,7 +290,7 @@ async fn ingest(
     real_brokers: bool,
     metrics: &TransformMetrics,
     interrupt: watch::Receiver<bool>,
-) -> anyhow::Result<Option<u64>> {
+) -> anyhow::Result<Option<(u64, prometheus::Registry)>> {
     if real_brokers {
         pathflow_ingest::kafka::ensure_topics(&cfg.kafka).await?;
     }
@@ -356,7 +347,7 @@ async fn ingest(
             return Ok(None);
         }
     }
-    Ok(Some(events))
+    Ok(Some((events, ingest.metrics().registry().clone())))
 }
 
 /// Waits until the bronze table holds every event produced and every state
@@ -481,8 +472,7 @@ fn print_ready(r: &Ready<'_>, http: &str, pg: &str, cycle: Duration) {
     ));
     out.push_str(&format!("  Postgres wire:  {pg}\n"));
     out.push_str(&format!(
-        "  Metrics:        http://{http}/metrics (queries), http://{}/metrics (transform)\n\n",
-        r.metrics
+        "  Metrics:        http://{http}/metrics (ingest, transform, queries and the domain gauges)\n\n"
     ));
     out.push_str("Tokens, for you only (their hashes are in tokens.toml; new ones each run):\n");
     out.push_str(&format!("  export ANALYST_TOKEN={}\n", r.analyst_token));
@@ -644,17 +634,17 @@ fn transform_config(
     tables: &Path,
     brokers: &str,
     prefix: &str,
-    metrics: &str,
 ) -> anyhow::Result<TransformConfig> {
     let text = format!(
         "# Written by `pathflow demo`; see deploy/transform.example.toml for every key.\n\
          [kafka]\nbrokers = {}\ntopic_prefix = {}\ngroup_id = \"{GROUP}\"\n\n\
          [tables]\nlocation = {}\n\n[commit]\nmax_rows = 50000\nmax_latency_ms = 1000\n\n\
-         [derive]\nenabled = true\ninterval_ms = 1000\n\n[metrics]\nlisten = {}\n",
+         [derive]\nenabled = true\ninterval_ms = 1000\n\n\
+         # The demo serves these on its --http /metrics; this is for running the stage by hand.\n\
+         [metrics]\nlisten = \"127.0.0.1:9465\"\n",
         quoted(brokers),
         quoted(prefix),
         quoted(&tables.display().to_string()),
-        quoted(metrics),
     );
     let path = dir.join("transform.toml");
     std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;

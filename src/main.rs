@@ -182,10 +182,10 @@ fn ingest(config: PathBuf) -> anyhow::Result<()> {
     let ingest = std::sync::Arc::new(pathflow_ingest::file_connector::Ingest::build(cfg)?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let shutdown = async {
-        // Ctrl-C (or SIGINT from a supervisor) stops between batches: a batch
+        // Ctrl-C (or SIGTERM from a supervisor) stops between batches: a batch
         // in progress is abandoned unacknowledged and re-sent on restart.
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("ingest: interrupted, stopping");
+        let signal = stop_signal().await;
+        eprintln!("ingest: {signal}, stopping");
     };
     runtime.block_on(ingest.run(shutdown, |r| eprintln!("ingest: {r}")))?;
     Ok(())
@@ -228,9 +228,9 @@ fn transform(config: PathBuf, rebuild: bool) -> anyhow::Result<()> {
             cfg.kafka.group_id
         );
         let shutdown = async {
-            // Ctrl-C commits the open batch, then stops.
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("transform: interrupted, committing the open batch and stopping");
+            // Ctrl-C or SIGTERM commits the open batch, then stops.
+            let signal = stop_signal().await;
+            eprintln!("transform: {signal}, committing the open batch and stopping");
         };
         run(&cfg, &metrics, shutdown).await?;
         Ok(())
@@ -276,12 +276,35 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
         pathflow_query::serve::serve(bound, async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("serve: interrupted, finishing the queries running and stopping");
+            let signal = stop_signal().await;
+            eprintln!("serve: {signal}, finishing the queries running and stopping");
         })
         .await?;
         Ok(())
     })
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM, the signal `docker stop` and
+/// Kubernetes send, and names it: every long-running subcommand stops
+/// cleanly on either.
+pub(crate) async fn stop_signal() -> &'static str {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupted"
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                s = interrupt => s,
+                _ = term.recv() => "terminated",
+            },
+            Err(_) => interrupt.await,
+        }
+    }
+    #[cfg(not(unix))]
+    interrupt.await
 }
 
 fn main() -> ExitCode {

@@ -219,6 +219,18 @@ impl ServeConfig {
         Ok(cfg)
     }
 
+    /// Parses and checks TOML `text` without reading its `tokens_file`
+    /// (`path` is only used in messages): for checking a config written for
+    /// another machine, such as a container's.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: ServeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// A configuration for tests and the demo: tables at `location`, no tokens.
     pub fn new(location: impl Into<String>) -> Self {
         ServeConfig {
@@ -343,7 +355,9 @@ mod tests {
     fn the_example_config_loads_with_every_key() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/serve.example.toml");
         let cfg = ServeConfig::load(&path).unwrap();
-        assert_eq!(cfg.tokens.len(), 3);
+        // Three inline, one from tokens_file.
+        assert_eq!(cfg.tokens.len(), 4);
+        assert_eq!(cfg.tokens[3].name, "reporting-placeholder");
         assert_eq!(cfg.tokens[1].treatment_functions, ["110"]);
         assert!(cfg.audit.path.is_some());
     }

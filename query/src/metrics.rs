@@ -4,10 +4,15 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-/// Registered on one [`Registry`], served at `/metrics`.
+/// Registered on one [`Registry`], served at `/metrics`, with the
+/// registries of any other stages running in the same process
+/// ([`QueryMetrics::beside`]), so one endpoint carries the whole pipeline.
 #[derive(Debug, Clone)]
 pub struct QueryMetrics {
     registry: Registry,
+    /// Other stages' registries (the demo's ingest and transform), rendered
+    /// after this one's.
+    others: Vec<Registry>,
     /// Seconds per query by interface (http, postgres), role and outcome.
     pub duration: HistogramVec,
     pub in_flight: IntGauge,
@@ -46,8 +51,7 @@ impl QueryMetrics {
         );
         let in_flight = reg(
             &registry,
-            IntGauge::new("pathflow_queries_in_flight", "Queries running now")
-                .expect("valid gauge"),
+            IntGauge::new("pathflow_query_in_flight", "Queries running now").expect("valid gauge"),
         );
         let rows = reg(
             &registry,
@@ -95,6 +99,7 @@ impl QueryMetrics {
         );
         QueryMetrics {
             registry,
+            others: Vec::new(),
             duration,
             in_flight,
             rows,
@@ -108,11 +113,23 @@ impl QueryMetrics {
         &self.registry
     }
 
-    /// The text exposition format.
+    /// Serves `other` (another stage's registry in this process) on the same
+    /// `/metrics`. Stages prefix their names (`pathflow_ingest_`,
+    /// `pathflow_transform_`, `pathflow_query_`), so families never collide.
+    pub fn beside(mut self, other: Registry) -> Self {
+        self.others.push(other);
+        self
+    }
+
+    /// The text exposition format: this registry's families, then the others'.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        for other in &self.others {
+            families.extend(other.gather());
+        }
         let mut out = String::new();
         prometheus::TextEncoder::new()
-            .encode_utf8(&self.registry.gather(), &mut out)
+            .encode_utf8(&families, &mut out)
             .expect("metrics encode");
         out
     }
