@@ -54,7 +54,9 @@ fn demo_serves_http_and_psql_and_stops_cleanly_on_ctrl_c() {
         .arg(&demo_dir)
         .args(["--http", &format!("127.0.0.1:{http_port}")])
         .args(["--pg", &format!("127.0.0.1:{pg_port}")])
-        .args(["--population", "2000", "--weeks", "4"])
+        // Big enough that every dashboard panel has a number in the last complete
+        // week (A&G answers, each priority), small enough to take about a minute.
+        .args(["--population", "6000", "--weeks", "6"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -41,6 +41,7 @@ use arrow::datatypes::{DataType, Float64Type};
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
 use pathflow_schemas::Week;
+use pathflow_schemas::codes::Priority;
 use prometheus::{Gauge, GaugeVec, IntGauge, Opts, Registry};
 
 use crate::auth::Principal;
@@ -227,11 +228,23 @@ impl Families {
                 ),
                 gauges: vec![&self.advice_response, &self.advice_conversion],
             },
+            // Every priority of every entity with a waiting list, 0 where
+            // no referral came: "none this week" is a number, not a gap.
             Query {
                 sql: format!(
-                    "SELECT {dims}, priority, CAST(sum(referrals_received) AS DOUBLE) \
-                     FROM demand_weekly WHERE {at} AND priority IS NOT NULL \
-                     GROUP BY {dims}, priority"
+                    "SELECT {dims}, priority, CAST(sum(n) AS DOUBLE) FROM (\
+                       SELECT {dims}, priority, referrals_received AS n \
+                       FROM demand_weekly WHERE {at} AND priority IS NOT NULL \
+                       UNION ALL \
+                       SELECT {dims}, each_priority, 0 FROM waits_weekly \
+                       CROSS JOIN (VALUES {priorities}) AS p(each_priority) \
+                       WHERE {at} AND scope = '{waits_scope}'\
+                     ) GROUP BY {dims}, priority",
+                    priorities = Priority::ALL
+                        .iter()
+                        .map(|p| format!("('{}')", p.wire_name()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 gauges: vec![&self.referrals],
             },

@@ -325,6 +325,20 @@ async fn the_values_are_the_gold_tables_for_the_newest_complete_week() {
         );
         close(served, Some(n.parse().unwrap()), row);
     }
+    // A priority without referrals this week reads 0, not "no data".
+    for priority in ["routine", "urgent", "two_week_wait"] {
+        if !by_priority
+            .iter()
+            .any(|r| r.starts_with(&format!("{priority}|")))
+        {
+            let served = value(
+                &text,
+                "pathflow_referrals_received",
+                &[("treatment_function", tf), ("priority", priority)],
+            );
+            close(served, Some(0.0), priority);
+        }
+    }
 
     // One practice × treatment function, from its own grouping set.
     let pair = sql(
