@@ -43,20 +43,29 @@ fn exported(lines: &[String], name: &str) -> String {
         .to_string()
 }
 
+/// `pathflow demo --dir DIR` on two fresh local ports, with `args` after.
+fn demo(demo_dir: &Path, args: &[&str]) -> (Command, u16, u16) {
+    let (http_port, pg_port) = (free_port(), free_port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pathflow"));
+    command
+        .arg("demo")
+        .arg("--dir")
+        .arg(demo_dir)
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args(["--pg", &format!("127.0.0.1:{pg_port}")])
+        .args(args);
+    (command, http_port, pg_port)
+}
+
 #[test]
 fn demo_serves_http_and_psql_and_stops_cleanly_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
-    let (http_port, pg_port) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_pathflow"))
-        .arg("demo")
-        .arg("--dir")
-        .arg(&demo_dir)
-        .args(["--http", &format!("127.0.0.1:{http_port}")])
-        .args(["--pg", &format!("127.0.0.1:{pg_port}")])
-        // Big enough that every dashboard panel has a number in the last complete
-        // week (A&G answers, each priority), small enough to take about a minute.
-        .args(["--population", "6000", "--weeks", "6"])
+    // Big enough that every dashboard panel has a number in the last complete
+    // week (A&G answers, each priority), small enough to take about a minute.
+    let (mut command, http_port, pg_port) =
+        demo(&demo_dir, &["--population", "6000", "--weeks", "6"]);
+    let child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -464,17 +473,11 @@ fn check_dashboards(
 fn demo_exits_after_one_cycle_and_its_tables_serve_again() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
-    let (http_port, pg_port) = (free_port(), free_port());
-    let out = Command::new(env!("CARGO_BIN_EXE_pathflow"))
-        .arg("demo")
-        .arg("--dir")
-        .arg(&demo_dir)
-        .args(["--http", &format!("127.0.0.1:{http_port}")])
-        .args(["--pg", &format!("127.0.0.1:{pg_port}")])
-        .args(["--population", "2000", "--weeks", "4", "--exit-after-cycle"])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
+    let (mut command, _, pg_port) = demo(
+        &demo_dir,
+        &["--population", "2000", "--weeks", "4", "--exit-after-cycle"],
+    );
+    let out = command.stderr(Stdio::inherit()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
