@@ -256,10 +256,12 @@ fn row_count(state: &deltalake::table::state::DeltaTableState) -> Option<u64> {
 pub type ReadLog = Arc<Mutex<BTreeMap<String, u64>>>;
 
 /// The `datafusion` catalog as one principal sees it: a `public` schema of
-/// the tables its role reads, each scoped for a clinical pair.
+/// the tables its role reads, each scoped for a clinical pair, and, for a
+/// query that asks for it, `pg_catalog` describing those same tables.
 #[derive(Debug)]
 pub struct PrincipalCatalog {
     schema: Arc<PrincipalSchema>,
+    pg_catalog: RwLock<Option<Arc<dyn SchemaProvider>>>,
 }
 
 impl PrincipalCatalog {
@@ -270,18 +272,54 @@ impl PrincipalCatalog {
                 principal,
                 read,
             }),
+            pg_catalog: RwLock::new(None),
         }
     }
 }
 
 impl CatalogProvider for PrincipalCatalog {
     fn schema_names(&self) -> Vec<String> {
-        vec![PUBLIC_SCHEMA.to_string()]
+        let mut names = vec![PUBLIC_SCHEMA.to_string()];
+        if self.pg_catalog().is_some() {
+            names.push(PG_CATALOG_SCHEMA.to_string());
+        }
+        names
     }
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        (name == PUBLIC_SCHEMA).then(|| Arc::clone(&self.schema) as Arc<dyn SchemaProvider>)
+        match name {
+            PUBLIC_SCHEMA => Some(Arc::clone(&self.schema) as Arc<dyn SchemaProvider>),
+            PG_CATALOG_SCHEMA => self.pg_catalog(),
+            _ => None,
+        }
+    }
+    /// Only `pg_catalog` may be added (by `datafusion_pg_catalog`'s set-up);
+    /// it is built over this catalog, so it lists only what `public` shows.
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DfResult<Option<Arc<dyn SchemaProvider>>> {
+        if name != PG_CATALOG_SCHEMA {
+            return Err(DataFusionError::Plan(format!(
+                "schema `{name}` cannot be created: the tables are read-only"
+            )));
+        }
+        let mut slot = self.pg_catalog.write().unwrap_or_else(|e| e.into_inner());
+        Ok(slot.replace(schema))
     }
 }
+
+impl PrincipalCatalog {
+    fn pg_catalog(&self) -> Option<Arc<dyn SchemaProvider>> {
+        self.pg_catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Postgres' own catalog, for psql's `\d` commands and clients' browsers.
+pub const PG_CATALOG_SCHEMA: &str = "pg_catalog";
 
 pub const PUBLIC_SCHEMA: &str = "public";
 pub const CATALOG: &str = "datafusion";

@@ -7,7 +7,7 @@
 //! its own memory pool, so one query's memory cannot starve another's.
 //! Spilling to disk is off: nothing a query does writes a file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use chrono::Utc;
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProviderList};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProviderList, SchemaProvider};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
@@ -29,12 +30,15 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::auth::{Principal, Tokens};
-use crate::catalog::{CATALOG, LiveTables, PUBLIC_SCHEMA, PrincipalCatalog, ReadLog};
+use crate::catalog::{
+    CATALOG, LiveTables, PG_CATALOG_SCHEMA, PUBLIC_SCHEMA, PrincipalCatalog, ReadLog,
+};
 use crate::config::{Limits, ServeConfig};
 use crate::error::QueryError;
 use crate::guard;
@@ -74,6 +78,8 @@ pub struct QueryOutput {
 pub struct QuerySession {
     pub ctx: SessionContext,
     pub read: ReadLog,
+    /// Whether `pg_catalog` was set up (see [`Engine::session_for`]).
+    pg_catalog: bool,
 }
 
 /// The shared state of the query server.
@@ -85,6 +91,10 @@ pub struct Engine {
     base: SessionState,
     audit: AuditLog,
     metrics: QueryMetrics,
+    /// Each principal's `pg_catalog`, kept so the OIDs it hands out stay the
+    /// same from one query to the next (psql's `\d` looks a table's OID up
+    /// in one query and uses it in the next).
+    pg_catalogs: Mutex<HashMap<String, Arc<dyn SchemaProvider>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -136,6 +146,7 @@ impl Engine {
             audit: AuditLog::open(cfg.audit.path.as_deref())?,
             metrics,
             tables,
+            pg_catalogs: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -197,7 +208,68 @@ impl Engine {
         QuerySession {
             ctx: SessionContext::new_with_state(state),
             read,
+            pg_catalog: false,
         }
+    }
+
+    /// A session for `sql`: as [`Engine::session`], with Postgres' catalog
+    /// (`pg_catalog` and its functions, over this principal's tables only)
+    /// when `sql` names it, as psql's `\d` commands and clients' schema
+    /// browsers do. Building it takes milliseconds, so other queries go
+    /// without.
+    pub fn session_for(&self, who: &Principal, sql: &str) -> QuerySession {
+        use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+        let mut session = self.session(who);
+        if !guard::mentions_pg_catalog(sql) {
+            return session;
+        }
+        // The set-up registers Postgres' functions and a fresh pg_catalog;
+        // the principal's own, with its settled OIDs, then replaces the latter.
+        let installed = setup_pg_catalog(&session.ctx, CATALOG, EmptyContextProvider)
+            .map_err(|e| *e)
+            .and_then(|()| {
+                let catalog = session.ctx.catalog(CATALOG).ok_or_else(|| {
+                    DataFusionError::Internal("the session has no catalog".into())
+                })?;
+                catalog.register_schema(PG_CATALOG_SCHEMA, self.pg_catalog(who)?)
+            });
+        match installed {
+            Ok(_) => session.pg_catalog = true,
+            // The guard then says pg_catalog is not there, and what to use.
+            Err(e) => eprintln!("serve: pg_catalog could not be set up: {e}"),
+        }
+        session
+    }
+
+    /// `who`'s `pg_catalog`, over a catalog of the tables `who` reads (as
+    /// each query's is), made on first use.
+    fn pg_catalog(&self, who: &Principal) -> Result<Arc<dyn SchemaProvider>, DataFusionError> {
+        use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
+            PgCatalogSchemaProvider, PgCatalogStaticTables,
+        };
+        let mut cache = self.pg_catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(provider) = cache.get(&who.name) {
+            return Ok(Arc::clone(provider));
+        }
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        let catalog: Arc<dyn CatalogProvider> = Arc::new(PrincipalCatalog::new(
+            Arc::clone(&self.tables),
+            who.clone(),
+            ReadLog::default(),
+        ));
+        datafusion::catalog::CatalogProviderList::register_catalog(
+            catalogs.as_ref(),
+            CATALOG.to_string(),
+            catalog,
+        );
+        let list: Arc<dyn datafusion::catalog::CatalogProviderList> = catalogs;
+        let provider: Arc<dyn SchemaProvider> = Arc::new(PgCatalogSchemaProvider::try_new(
+            list,
+            Arc::new(PgCatalogStaticTables::try_new()?),
+            EmptyContextProvider,
+        )?);
+        cache.insert(who.name.clone(), Arc::clone(&provider));
+        Ok(provider)
     }
 
     /// Checks and plans `sql` in `session`: refused statements never reach
@@ -223,7 +295,12 @@ impl Engine {
         let references = state
             .resolve_table_references(&statement)
             .map_err(QueryError::from_datafusion)?;
-        guard::check_tables(who, &references, &[])?;
+        let extra: &[&str] = if session.pg_catalog {
+            &[PG_CATALOG_SCHEMA]
+        } else {
+            &[]
+        };
+        guard::check_tables(who, &references, extra)?;
         let plan = state
             .statement_to_plan(statement)
             .await
@@ -317,7 +394,7 @@ impl Engine {
         sql: &str,
         bind: impl FnOnce(LogicalPlan) -> Result<LogicalPlan, QueryError>,
     ) -> Result<QueryOutput, QueryError> {
-        let session = self.session(who);
+        let session = self.session_for(who, sql);
         let plan = bind(self.plan(&session, who, sql).await?)?;
         let memory_mb = self.limits.query_memory_mb;
         let frame = session

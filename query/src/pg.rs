@@ -14,11 +14,19 @@
 //! included, goes to the engine, which refuses what is not a query. Results
 //! are encoded by arrow-pg. There is no TLS: put a TLS proxy in front, or
 //! keep the listener on a private network.
+//!
+//! psql's `\d` commands and clients' catalog browsers query `pg_catalog`:
+//! such a query is first rewritten by `datafusion_pg_catalog`'s
+//! compatibility parser (Postgres operators, casts and collations DataFusion
+//! lacks), and its session gets a `pg_catalog` built over the principal's
+//! own tables ([`Engine::session_for`]), so it lists nothing the principal
+//! cannot query.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::{DataType, SchemaRef};
@@ -292,6 +300,25 @@ enum Classified {
     Query,
 }
 
+/// `sql` as DataFusion can plan it: a query naming `pg_catalog` (psql's
+/// `\d`, catalog browsers) through the compatibility parser's rewrites;
+/// any other query as sent.
+fn compatible(sql: &str) -> Cow<'_, str> {
+    use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+    if !crate::guard::mentions_pg_catalog(sql) {
+        return Cow::Borrowed(sql);
+    }
+    static PARSER: OnceLock<PostgresCompatibilityParser> = OnceLock::new();
+    match PARSER
+        .get_or_init(PostgresCompatibilityParser::new)
+        .parse(sql)
+    {
+        Ok(statements) if statements.len() == 1 => Cow::Owned(statements[0].to_string()),
+        // The engine reports what is wrong with it.
+        _ => Cow::Borrowed(sql),
+    }
+}
+
 fn classify(sql: &str) -> Classified {
     match SqlParser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(statements) if statements.is_empty() => Classified::Empty,
@@ -526,6 +553,7 @@ impl QueryParser for PgParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let who = principal(client)?;
+        let rewritten = compatible(sql);
         let kind = match classify(sql) {
             Classified::Empty => return Ok(None),
             Classified::Shortcuts(mut shortcuts) if shortcuts.len() == 1 => {
@@ -533,7 +561,8 @@ impl QueryParser for PgParser {
             }
             Classified::Shortcuts(_) | Classified::Query => {
                 let started = Instant::now();
-                let session = self.engine.session(&who);
+                let sql = &*rewritten;
+                let session = self.engine.session_for(&who, sql);
                 let planned = self
                     .engine
                     .plan(&session, &who, sql)
@@ -558,7 +587,7 @@ impl QueryParser for PgParser {
             }
         };
         Ok(Some(Prepared {
-            sql: sql.to_string(),
+            sql: rewritten.into_owned(),
             kind,
         }))
     }
@@ -699,6 +728,8 @@ impl SimpleQueryHandler for PgQueries {
                 Ok(responses)
             }
             Classified::Query => {
+                let rewritten = compatible(sql);
+                let sql = &*rewritten;
                 let out = self
                     .engine
                     .run(&who, sql, Interface::Postgres)

@@ -165,6 +165,16 @@ async fn a_commissioner_reads_gold_tables_only() {
             "waits_weekly"
         ]
     );
+    // Postgres' catalog, as psql's \d asks it, lists the same four.
+    let relations = run(
+        &e,
+        &icb,
+        "SELECT c.relname FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' ORDER BY 1",
+    )
+    .await;
+    assert_eq!(relations, tables);
     assert_ne!(
         run(&e, &icb, "SELECT count(*) FROM waits_weekly").await,
         ["0"]

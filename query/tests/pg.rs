@@ -30,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 const ANALYST: &str = "test-analyst-token";
 const PAIR: &str = "test-clinical-pair-token";
+const COMMISSIONER: &str = "test-commissioner-token";
 
 /// One set of tables for every test here (they only read).
 fn shared_tables() -> &'static Path {
@@ -373,6 +374,71 @@ async fn set_show_and_transactions_are_answered_without_running() {
         .map(|a| a["sql"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(sql, ["SELECT 1", "SELECT 2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_describe_commands_list_only_the_tables_a_token_reads() {
+    if !psql_available() {
+        return;
+    }
+    let s = server(vec![
+        token("analyst", ANALYST, Role::Analyst, &[], &[]),
+        token("commissioner", COMMISSIONER, Role::Commissioner, &[], &[]),
+        token("pair", PAIR, Role::ClinicalPair, &["Y00001"], &["110"]),
+    ])
+    .await;
+    let listed = |out: &Output| -> Vec<String> {
+        let mut names: Vec<String> = stdout_rows(out)
+            .iter()
+            .map(|r| r.split('|').nth(1).unwrap_or_default().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    // \dt: the analyst's nine tables, the commissioner's four gold ones.
+    let out = psql(s.port, ANALYST, &["-c", "\\dt"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = listed(&out);
+    assert_eq!(all.len(), 9, "{all:?}");
+    assert!(all.contains(&"events".to_string()), "{all:?}");
+    let out = psql(s.port, COMMISSIONER, &["-c", "\\dt"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        listed(&out),
+        [
+            "capacity_weekly",
+            "demand_weekly",
+            "followups_weekly",
+            "waits_weekly"
+        ]
+    );
+    // A clinical pair: what information_schema shows it, the tables it can
+    // filter to its scope.
+    // A clinical pair: its tables are views (filtered to its scope), so \\d
+    // rather than \\dt; the same names information_schema gives it.
+    let out = psql(s.port, PAIR, &["-c", "\\d"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut shown = s
+        .rows(
+            &s.who(PAIR),
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+        )
+        .await;
+    shown.sort();
+    assert!(!shown.is_empty());
+    assert_eq!(listed(&out), shown);
+    // \d TABLE: its columns.
+    let out = psql(s.port, ANALYST, &["-c", "\\d waits_weekly"]).await;
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let rows = stdout_rows(&out);
+    assert!(
+        rows.iter().any(|r| r.starts_with("waiting_list|")),
+        "{rows:?}"
+    );
+    // Nothing else changes: other schemas are still unknown.
+    let out = psql(s.port, ANALYST, &["-c", "SELECT * FROM pg_toast.x"]).await;
+    assert!(stderr(&out).contains("no schema"), "{}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
