@@ -175,12 +175,12 @@ pub async fn serve(
     ));
     shutdown.await;
     let _ = stop.send(());
-    reloader.abort();
-    if let Some(extracts) = extracts {
-        extracts.abort();
-    }
-    if let Some(domain) = domain {
-        domain.abort();
+    // Aborted, then waited for: a task inside a Delta log read (which blocks
+    // its thread) stops only when the read returns, and the runtime must not
+    // be torn down under it (delta-kernel's executor panics if it is).
+    for task in [Some(reloader), extracts, domain].into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
     }
     if let Some(pg) = pg {
         let _ = pg.await;
