@@ -18,20 +18,79 @@ pub struct IdError {
     shown: String,
 }
 
+/// How an id holds its text.
+trait Storage: Sized {
+    /// Holds `text`, already checked; `None` if it cannot.
+    fn store(text: String) -> Option<Self>;
+    fn text(&self) -> &str;
+    fn into_string(self) -> String;
+}
+
+impl Storage for String {
+    fn store(text: String) -> Option<Self> {
+        Some(text)
+    }
+    fn text(&self) -> &str {
+        self
+    }
+    fn into_string(self) -> String {
+        self
+    }
+}
+
+/// ASCII text of at most `N` bytes held in place. The transform keeps
+/// millions of ids (every fact of every entity names its event, every
+/// entity its pseudonym): in place, an id is one copy of `N + 1` bytes,
+/// where a `String` is 24 bytes plus an allocation of its own. Ordered and
+/// hashed as its text: the zero padding sorts before every character an id
+/// may hold, so order is the text's order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Inline<const N: usize> {
+    bytes: [u8; N],
+    len: u8,
+}
+
+impl<const N: usize> Inline<N> {
+    fn from_ascii(text: &[u8]) -> Option<Self> {
+        if text.len() > N || !text.is_ascii() || text.contains(&0) {
+            return None;
+        }
+        let mut bytes = [0; N];
+        bytes[..text.len()].copy_from_slice(text);
+        Some(Inline {
+            bytes,
+            len: u8::try_from(text.len()).ok()?,
+        })
+    }
+}
+
+impl<const N: usize> Storage for Inline<N> {
+    fn store(text: String) -> Option<Self> {
+        Self::from_ascii(text.as_bytes())
+    }
+    fn text(&self) -> &str {
+        // Only ever filled from ASCII, which is UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+    fn into_string(self) -> String {
+        self.text().to_string()
+    }
+}
+
 /// Defines a validated string newtype with serde, JSON Schema and `FromStr`.
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, rule: $rule:literal, pattern: $pattern:literal,
-     normalise: $norm:expr, valid: $valid:expr, echo: $echo:literal) => {
+     normalise: $norm:expr, valid: $valid:expr, echo: $echo:literal, storage: $storage:ty) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
         #[serde(try_from = "String")]
-        pub struct $name(String);
+        pub struct $name($storage);
 
         // Written as the string it holds. (Not `#[serde(into = "String")]`,
         // which clones the value, an allocation per id per event serialised.)
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(&self.0)
+                serializer.serialize_str(self.0.text())
             }
         }
 
@@ -41,8 +100,9 @@ macro_rules! string_id {
                 let norm: fn(&str) -> String = $norm;
                 let value = norm(text);
                 let valid: fn(&str) -> bool = $valid;
-                if valid(&value) {
-                    Ok(Self(value))
+                let stored = if valid(&value) { <$storage as Storage>::store(value) } else { None };
+                if let Some(stored) = stored {
+                    Ok(Self(stored))
                 } else {
                     // Only echo the input for kinds that cannot hold an identifier.
                     let shown = if $echo { format!("{text:?}") } else { "a value of another form".to_string() };
@@ -52,7 +112,7 @@ macro_rules! string_id {
 
             /// The text form.
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.text()
             }
         }
 
@@ -65,7 +125,7 @@ macro_rules! string_id {
 
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                v.0
+                v.0.into_string()
             }
         }
 
@@ -78,13 +138,13 @@ macro_rules! string_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.0.text())
             }
         }
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), self.0)
+                write!(f, "{}({:?})", stringify!($name), self.0.text())
             }
         }
 
@@ -130,34 +190,39 @@ string_id!(
     /// lowercase hex). Stands for a patient, pathway, appointment, slot, advice
     /// request or follow-up without revealing the source identifier.
     PseudoId, "a pseudonymous id", rule: "32 lowercase hexadecimal characters",
-    pattern: "^[0-9a-f]{32}$", normalise: |s| s.trim().to_string(), valid: is_lower_hex_32, echo: false
+    pattern: "^[0-9a-f]{32}$", normalise: |s| s.trim().to_string(), valid: is_lower_hex_32, echo: false,
+    storage: Inline<32>
 );
 
 string_id!(
     /// A deterministic event id: the same source record always gives the same id,
     /// so a re-sent file creates no duplicates downstream.
     EventId, "an event id", rule: "32 lowercase hexadecimal characters",
-    pattern: "^[0-9a-f]{32}$", normalise: |s| s.trim().to_string(), valid: is_lower_hex_32, echo: false
+    pattern: "^[0-9a-f]{32}$", normalise: |s| s.trim().to_string(), valid: is_lower_hex_32, echo: false,
+    storage: Inline<32>
 );
 
 string_id!(
     /// An Organisation Data Service code: a practice (`A81001`), a trust (`RX1`),
     /// a site, PCN or ICB. Upper-cased on the way in.
     OdsCode, "an ODS code", rule: "3 to 6 letters and digits with at least one letter",
-    pattern: "^(?=.*[A-Z])[A-Z0-9]{3,6}$", normalise: |s| s.trim().to_ascii_uppercase(), valid: is_ods, echo: true
+    pattern: "^(?=.*[A-Z])[A-Z0-9]{3,6}$", normalise: |s| s.trim().to_ascii_uppercase(), valid: is_ods, echo: true,
+    storage: Inline<6>
 );
 
 string_id!(
     /// The connector and feed an event came from, e.g. `pas:rx1:referrals`.
     SourceName, "a source name", rule: "a lowercase letter then up to 63 of a-z 0-9 _ - . :",
-    pattern: "^[a-z][a-z0-9_.:-]{0,63}$", normalise: |s| s.trim().to_string(), valid: is_name, echo: true
+    pattern: "^[a-z][a-z0-9_.:-]{0,63}$", normalise: |s| s.trim().to_string(), valid: is_name, echo: true,
+    storage: String
 );
 
 string_id!(
     /// Names the pseudonymisation key an event's pseudonyms were made with, so
     /// keys can be rotated (never the key itself).
     KeyId, "a key id", rule: "a lowercase letter then up to 63 of a-z 0-9 _ - . :",
-    pattern: "^[a-z][a-z0-9_.:-]{0,63}$", normalise: |s| s.trim().to_string(), valid: is_name, echo: true
+    pattern: "^[a-z][a-z0-9_.:-]{0,63}$", normalise: |s| s.trim().to_string(), valid: is_name, echo: true,
+    storage: String
 );
 
 impl PseudoId {
@@ -174,14 +239,18 @@ impl EventId {
     }
 }
 
-fn hex(bytes: &[u8; 16]) -> String {
+/// Lowercase hex of 16 bytes, in place.
+fn hex(bytes: &[u8; 16]) -> Inline<32> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(32);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
+    let mut out = [0; 32];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 15)];
     }
-    s
+    Inline {
+        bytes: out,
+        len: 32,
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +273,24 @@ mod tests {
         assert!(err.contains("32 lowercase hexadecimal"), "{err}");
         let p = PseudoId::from_digest(&[0xab; 16]);
         assert_eq!(p.as_str(), "ab".repeat(16));
+    }
+
+    #[test]
+    fn ids_held_in_place_order_and_print_as_their_text() {
+        let codes = ["RX10", "RX1", "Y00001", "A81001", "RX1A", "Y0000"];
+        let mut by_id: Vec<OdsCode> = codes.iter().map(|c| OdsCode::parse(c).unwrap()).collect();
+        by_id.sort();
+        let mut by_text = codes.to_vec();
+        by_text.sort();
+        let sorted: Vec<&str> = by_id.iter().map(OdsCode::as_str).collect();
+        assert_eq!(sorted, by_text);
+        let a = PseudoId::from_digest(&[0x0f; 16]);
+        let b = PseudoId::parse(&"f0".repeat(16)).unwrap();
+        assert!(a < b && a.as_str() < b.as_str());
+        assert_eq!(format!("{a}"), "0f".repeat(16));
+        assert_eq!(serde_json::to_string(&b).unwrap(), format!("\"{}\"", "f0".repeat(16)));
+        assert_eq!(String::from(b.clone()), "f0".repeat(16));
+        assert!(std::mem::size_of::<PseudoId>() <= 33, "{}", std::mem::size_of::<PseudoId>());
     }
 
     #[test]
