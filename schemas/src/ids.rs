@@ -288,9 +288,16 @@ mod tests {
         let b = PseudoId::parse(&"f0".repeat(16)).unwrap();
         assert!(a < b && a.as_str() < b.as_str());
         assert_eq!(format!("{a}"), "0f".repeat(16));
-        assert_eq!(serde_json::to_string(&b).unwrap(), format!("\"{}\"", "f0".repeat(16)));
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            format!("\"{}\"", "f0".repeat(16))
+        );
         assert_eq!(String::from(b.clone()), "f0".repeat(16));
-        assert!(std::mem::size_of::<PseudoId>() <= 33, "{}", std::mem::size_of::<PseudoId>());
+        assert!(
+            std::mem::size_of::<PseudoId>() <= 33,
+            "{}",
+            std::mem::size_of::<PseudoId>()
+        );
     }
 
     #[test]
