@@ -41,9 +41,8 @@ impl Storage for String {
 /// ASCII text of at most `N` bytes held in place. The transform keeps
 /// millions of ids (every fact of every entity names its event, every
 /// entity its pseudonym): in place, an id is one copy of `N + 1` bytes,
-/// where a `String` is 24 bytes plus an allocation of its own. Ordered and
-/// hashed as its text: the zero padding sorts before every character an id
-/// may hold, so order is the text's order.
+/// where a `String` is 24 bytes plus an allocation of its own. Ordered as
+/// its text: the zero padding sorts before every character an id may hold.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Inline<const N: usize> {
     bytes: [u8; N],
