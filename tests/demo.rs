@@ -330,33 +330,11 @@ fn check_dashboards(
     ] {
         assert!(metrics.contains(family), "/metrics has no {family}");
     }
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "prometheus is missing; .ci/run installs Debian's prometheus package"
-        );
-        eprintln!("skipping the Prometheus checks: prometheus is not installed");
+    if !common::tool_or_skip("prometheus") {
         return;
     }
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut check.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (passed, said) = pathflow_query::testing::promtool_check_metrics(&metrics);
+    assert!(passed, "promtool check metrics: {said}");
 
     // A real Prometheus scraping the demo every second, with deploy/'s rules.
     let dir = scratch.join("prometheus");

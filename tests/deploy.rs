@@ -18,6 +18,8 @@ use std::process::Command;
 use serde::Deserialize;
 use serde_json::Value;
 
+mod common;
+
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
@@ -760,31 +762,17 @@ fn the_kubernetes_manifests_reference_only_what_exists() {
 
 // ---- Prometheus ---------------------------------------------------------
 
-/// promtool, from Debian's `prometheus` package (CI installs it).
-fn promtool() -> Option<PathBuf> {
-    let found = Command::new("promtool").arg("--version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is missing; .ci/run installs Debian's prometheus package"
-        );
-        eprintln!("skipping: promtool is not installed (apt install prometheus)");
-        return None;
-    }
-    Some(PathBuf::from("promtool"))
-}
-
 #[test]
 fn promtool_accepts_the_prometheus_config_and_alert_rules() {
-    let Some(promtool) = promtool() else {
+    if !common::tool_or_skip("promtool") {
         return;
-    };
+    }
     let dir = deploy().join("prometheus");
     for args in [
         vec!["check", "config", "prometheus.yml"],
         vec!["check", "rules", "alerts.yml"],
     ] {
-        let out = Command::new(&promtool)
+        let out = Command::new("promtool")
             .args(&args)
             .current_dir(&dir)
             .output()

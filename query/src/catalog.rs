@@ -275,6 +275,13 @@ impl PrincipalCatalog {
             pg_catalog: RwLock::new(None),
         }
     }
+
+    fn pg_catalog(&self) -> Option<Arc<dyn SchemaProvider>> {
+        self.pg_catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 impl CatalogProvider for PrincipalCatalog {
@@ -306,15 +313,6 @@ impl CatalogProvider for PrincipalCatalog {
         }
         let mut slot = self.pg_catalog.write().unwrap_or_else(|e| e.into_inner());
         Ok(slot.replace(schema))
-    }
-}
-
-impl PrincipalCatalog {
-    fn pg_catalog(&self) -> Option<Arc<dyn SchemaProvider>> {
-        self.pg_catalog
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
@@ -30,6 +30,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::PgCatalogStaticTables;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
@@ -95,6 +96,9 @@ pub struct Engine {
     /// same from one query to the next (psql's `\d` looks a table's OID up
     /// in one query and uses it in the next).
     pg_catalogs: Mutex<HashMap<String, Arc<dyn SchemaProvider>>>,
+    /// See [`Engine::pg_base`].
+    pg_base: OnceLock<SessionState>,
+    pg_static: OnceLock<Arc<PgCatalogStaticTables>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -147,6 +151,8 @@ impl Engine {
             metrics,
             tables,
             pg_catalogs: Mutex::new(HashMap::new()),
+            pg_base: OnceLock::new(),
+            pg_static: OnceLock::new(),
         }))
     }
 
@@ -181,28 +187,48 @@ impl Engine {
 
     /// A fresh session for one query by `who`, with its own memory pool.
     pub fn session(&self, who: &Principal) -> QuerySession {
+        self.session_on(&self.base, who)
+    }
+
+    /// A session for `sql`: as [`Engine::session`], with Postgres' catalog
+    /// (`pg_catalog` and its functions, over this principal's tables only)
+    /// when `sql` names it, as psql's `\d` commands and clients' schema
+    /// browsers do. Other queries go without.
+    pub fn session_for(&self, who: &Principal, sql: &str) -> QuerySession {
+        if !guard::mentions_pg_catalog(sql) {
+            return self.session(who);
+        }
+        self.session_with_pg_catalog(who).unwrap_or_else(|e| {
+            // The guard then says there is no such schema.
+            eprintln!("serve: pg_catalog could not be set up: {e}");
+            self.session(who)
+        })
+    }
+
+    fn session_with_pg_catalog(&self, who: &Principal) -> Result<QuerySession, DataFusionError> {
+        let mut session = self.session_on(self.pg_base()?, who);
+        let catalog = session
+            .ctx
+            .catalog(CATALOG)
+            .ok_or_else(|| DataFusionError::Internal("the session has no catalog".into()))?;
+        catalog.register_schema(PG_CATALOG_SCHEMA, self.pg_catalog(who)?)?;
+        session.pg_catalog = true;
+        Ok(session)
+    }
+
+    /// A session for `who` from `base` (the plain one, or [`Engine::pg_base`]).
+    fn session_on(&self, base: &SessionState, who: &Principal) -> QuerySession {
         let read: ReadLog = Arc::new(Mutex::new(BTreeMap::new()));
-        let catalogs = MemoryCatalogProviderList::new();
-        let catalog: Arc<dyn CatalogProvider> = Arc::new(PrincipalCatalog::new(
-            Arc::clone(&self.tables),
-            who.clone(),
-            Arc::clone(&read),
-        ));
-        datafusion::catalog::CatalogProviderList::register_catalog(
-            &catalogs,
-            CATALOG.to_string(),
-            catalog,
-        );
         let pool = TrackConsumersPool::new(
             GreedyMemoryPool::new(self.limits.query_memory_mb.saturating_mul(1024 * 1024)),
             NonZeroUsize::new(3).expect("non-zero"),
         );
-        let runtime = RuntimeEnvBuilder::from_runtime_env(self.base.runtime_env())
+        let runtime = RuntimeEnvBuilder::from_runtime_env(base.runtime_env())
             .with_memory_pool(Arc::new(pool))
             .build_arc()
             .expect("a runtime from a working one builds");
-        let state = SessionStateBuilder::new_from_existing(self.base.clone())
-            .with_catalog_list(Arc::new(catalogs))
+        let state = SessionStateBuilder::new_from_existing(base.clone())
+            .with_catalog_list(self.catalogs(who, Arc::clone(&read)))
             .with_runtime_env(runtime)
             .build();
         QuerySession {
@@ -212,64 +238,65 @@ impl Engine {
         }
     }
 
-    /// A session for `sql`: as [`Engine::session`], with Postgres' catalog
-    /// (`pg_catalog` and its functions, over this principal's tables only)
-    /// when `sql` names it, as psql's `\d` commands and clients' schema
-    /// browsers do. Building it takes milliseconds, so other queries go
-    /// without.
-    pub fn session_for(&self, who: &Principal, sql: &str) -> QuerySession {
-        use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
-        let mut session = self.session(who);
-        if !guard::mentions_pg_catalog(sql) {
-            return session;
-        }
-        // The set-up registers Postgres' functions and a fresh pg_catalog;
-        // the principal's own, with its settled OIDs, then replaces the latter.
-        let installed = setup_pg_catalog(&session.ctx, CATALOG, EmptyContextProvider)
-            .map_err(|e| *e)
-            .and_then(|()| {
-                let catalog = session.ctx.catalog(CATALOG).ok_or_else(|| {
-                    DataFusionError::Internal("the session has no catalog".into())
-                })?;
-                catalog.register_schema(PG_CATALOG_SCHEMA, self.pg_catalog(who)?)
-            });
-        match installed {
-            Ok(_) => session.pg_catalog = true,
-            // The guard then says pg_catalog is not there, and what to use.
-            Err(e) => eprintln!("serve: pg_catalog could not be set up: {e}"),
-        }
-        session
-    }
-
-    /// `who`'s `pg_catalog`, over a catalog of the tables `who` reads (as
-    /// each query's is), made on first use.
-    fn pg_catalog(&self, who: &Principal) -> Result<Arc<dyn SchemaProvider>, DataFusionError> {
-        use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
-            PgCatalogSchemaProvider, PgCatalogStaticTables,
-        };
-        let mut cache = self.pg_catalogs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(provider) = cache.get(&who.name) {
-            return Ok(Arc::clone(provider));
-        }
+    /// The one `datafusion` catalog, as `who` sees it.
+    fn catalogs(&self, who: &Principal, read: ReadLog) -> Arc<MemoryCatalogProviderList> {
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         let catalog: Arc<dyn CatalogProvider> = Arc::new(PrincipalCatalog::new(
             Arc::clone(&self.tables),
             who.clone(),
-            ReadLog::default(),
+            read,
         ));
         datafusion::catalog::CatalogProviderList::register_catalog(
             catalogs.as_ref(),
             CATALOG.to_string(),
             catalog,
         );
-        let list: Arc<dyn datafusion::catalog::CatalogProviderList> = catalogs;
+        catalogs
+    }
+
+    /// The base state with Postgres' functions, type names and table
+    /// functions registered: made once, on the first query that needs it
+    /// (the set-up decodes Postgres' static catalog tables).
+    fn pg_base(&self) -> Result<&SessionState, DataFusionError> {
+        use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+        if let Some(state) = self.pg_base.get() {
+            return Ok(state);
+        }
+        let ctx = SessionContext::new_with_state(
+            SessionStateBuilder::new_from_existing(self.base.clone())
+                .with_catalog_list(self.catalogs(&Principal::internal(), ReadLog::default()))
+                .build(),
+        );
+        setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider).map_err(|e| *e)?;
+        Ok(self.pg_base.get_or_init(|| ctx.state()))
+    }
+
+    /// `who`'s `pg_catalog`, over a catalog of the tables `who` reads (as
+    /// each query's is), made on first use.
+    fn pg_catalog(&self, who: &Principal) -> Result<Arc<dyn SchemaProvider>, DataFusionError> {
+        use datafusion_postgres::datafusion_pg_catalog::pg_catalog::PgCatalogSchemaProvider;
+        let mut cache = self.pg_catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(provider) = cache.get(&who.name) {
+            return Ok(Arc::clone(provider));
+        }
+        let list: Arc<dyn datafusion::catalog::CatalogProviderList> =
+            self.catalogs(who, ReadLog::default());
         let provider: Arc<dyn SchemaProvider> = Arc::new(PgCatalogSchemaProvider::try_new(
             list,
-            Arc::new(PgCatalogStaticTables::try_new()?),
+            self.pg_static_tables()?,
             EmptyContextProvider,
         )?);
         cache.insert(who.name.clone(), Arc::clone(&provider));
         Ok(provider)
+    }
+
+    /// Postgres' fixed catalog rows (types, functions, ...), decoded once.
+    fn pg_static_tables(&self) -> Result<Arc<PgCatalogStaticTables>, DataFusionError> {
+        if let Some(tables) = self.pg_static.get() {
+            return Ok(Arc::clone(tables));
+        }
+        let tables = Arc::new(PgCatalogStaticTables::try_new()?);
+        Ok(Arc::clone(self.pg_static.get_or_init(|| tables)))
     }
 
     /// Checks and plans `sql` in `session`: refused statements never reach

@@ -21,7 +21,10 @@ use crate::{auth::Principal, catalog::known_tables};
 /// Whether `sql` names Postgres' catalog (`pg_catalog.…`, as psql's `\d`
 /// commands and catalog browsers do), so its session needs one.
 pub fn mentions_pg_catalog(sql: &str) -> bool {
-    sql.to_ascii_lowercase().contains("pg_catalog")
+    // On every query: a case-insensitive scan, without a lowercased copy.
+    sql.as_bytes()
+        .windows(b"pg_catalog".len())
+        .any(|w| w.eq_ignore_ascii_case(b"pg_catalog"))
 }
 
 /// Parses `sql` and returns its one statement if it may run.
@@ -125,18 +128,6 @@ pub fn check_tables(
         if schema != PUBLIC_SCHEMA {
             if schema == "information_schema" || extra_schemas.contains(&schema) {
                 continue;
-            }
-            if schema == "pg_catalog" {
-                // psql's \d commands and some clients' schema browsers ask
-                // Postgres' own catalog, which this server does not imitate.
-                return Err(QueryError::sql(
-                    "pathflow has no pg_catalog, so psql's \\d commands and catalog browsers \
-                     do not work here: list the tables with `SHOW TABLES` (or \
-                     `SELECT * FROM information_schema.tables`) and a table's columns with \
-                     `SHOW COLUMNS FROM <table>`"
-                        .to_string(),
-                    None,
-                ));
             }
             return Err(QueryError::sql(
                 format!("there is no schema `{schema}`: pathflow's tables are in `public`"),

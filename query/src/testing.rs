@@ -163,3 +163,30 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
     out.sort();
     out
 }
+
+/// `promtool check metrics` (Debian's prometheus package) on the exposition
+/// `text`: whether it passed, and everything it said (empty when clean).
+pub fn promtool_check_metrics(text: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package) is installed");
+    promtool
+        .stdin
+        .take()
+        .expect("a piped stdin")
+        .write_all(text.as_bytes())
+        .expect("promtool reads the metrics");
+    let out = promtool.wait_with_output().expect("promtool finishes");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}

@@ -412,8 +412,6 @@ async fn psql_describe_commands_list_only_the_tables_a_token_reads() {
             "waits_weekly"
         ]
     );
-    // A clinical pair: what information_schema shows it, the tables it can
-    // filter to its scope.
     // A clinical pair: its tables are views (filtered to its scope), so \\d
     // rather than \\dt; the same names information_schema gives it.
     let out = psql(s.port, PAIR, &["-c", "\\d"]).await;

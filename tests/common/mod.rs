@@ -163,3 +163,18 @@ pub fn psql(port: u16, token: &str, sql: &str) -> Result<Vec<String>, String> {
         .map(str::to_string)
         .collect())
 }
+
+/// Whether `tool`, from Debian's `prometheus` package, runs here. On CI
+/// (`CI` set) it must, since .ci/run installs it; elsewhere a missing tool
+/// skips the check that needs it, saying so.
+pub fn tool_or_skip(tool: &str) -> bool {
+    if Command::new(tool).arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{tool} is missing; .ci/run installs Debian's prometheus package"
+    );
+    eprintln!("skipping: {tool} is not installed (apt install prometheus)");
+    false
+}
