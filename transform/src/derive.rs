@@ -596,15 +596,8 @@ impl Deriver {
             } else {
                 dirty.partitions.get(&d).cloned().unwrap_or_default()
             };
-            let batches = self
-                .batches(d, &partitions)
-                .map_err(|source| DeriveError::Batch {
-                    table: d.name(),
-                    source,
-                })?;
-            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
             let scope = if whole { None } else { Some(&partitions) };
-            if self.replace(d, scope, batches, version, force).await? {
+            if let Some(rows) = self.replace(d, scope, &partitions, version, force).await? {
                 *report.rows.entry(d.name()).or_default() += rows;
                 report.commits += 1;
             }
@@ -626,6 +619,8 @@ impl Deriver {
 
     /// The complete rows of `partitions` of one table. (Arrow's error, not
     /// [`DeriveError`], whose Delta variant is too large for a sync `Result`.)
+    /// [`replace`](Self::replace) asks for one partition at a time, so a
+    /// whole-table rewrite never holds the whole table as Arrow.
     fn batches(
         &self,
         d: Derived,
@@ -669,25 +664,36 @@ impl Deriver {
         Ok(out)
     }
 
-    /// Replaces the rows of `partitions` (every partition when `None`) of one
-    /// table with `batches`, in one commit carrying the derive `txn`. False
-    /// when the table already reflects `version` (nothing written) unless
-    /// `force` (a rebuild).
+    /// Replaces the rows of `scope`'s partitions (every partition when
+    /// `None`) of one table with the rows of `partitions`, in one commit
+    /// carrying the derive `txn`; returns the rows written. `None` when the
+    /// table already reflects `version` (nothing written) unless `force` (a
+    /// rebuild).
+    ///
+    /// Rows are built and written one partition at a time, and the writer
+    /// is flushed after each (one file per partition, as one batch would
+    /// give): the weekly rewrite of `referrals` and `followups` and a
+    /// rebuild hold one partition in memory, not the table.
     async fn replace(
         &mut self,
         d: Derived,
-        partitions: Option<&BTreeSet<NaiveDate>>,
-        batches: Vec<RecordBatch>,
+        scope: Option<&BTreeSet<NaiveDate>>,
+        partitions: &BTreeSet<NaiveDate>,
         version: Version,
         force: bool,
-    ) -> Result<bool, DeriveError> {
+    ) -> Result<Option<usize>, DeriveError> {
         let column = d.partition_column();
         let names: Option<BTreeSet<String>> =
-            partitions.map(|p| p.iter().map(|d| d.format("%Y-%m-%d").to_string()).collect());
+            scope.map(|p| p.iter().map(|d| d.format("%Y-%m-%d").to_string()).collect());
         let predicate = names.as_ref().map(|n| {
             let list: Vec<String> = n.iter().map(|d| format!("'{d}'")).collect();
             format!("{column} IN ({})", list.join(", "))
         });
+        // Gold tables are small (a few rows per entity and week): one batch.
+        let chunks: Vec<BTreeSet<NaiveDate>> = match d {
+            Derived::Gold(_) => vec![partitions.clone()],
+            _ => partitions.iter().map(|p| BTreeSet::from([*p])).collect(),
+        };
         let mut attempts = 0;
         loop {
             if !(force && attempts == 0)
@@ -696,7 +702,7 @@ impl Deriver {
                     .await?
                     .is_some_and(|r| r >= version)
             {
-                return Ok(false);
+                return Ok(None);
             }
             let table = self.tables.get(&d).expect("every derived table is open");
             let snapshot = table.snapshot().map_err(|e| self.delta_err(d.name(), e))?;
@@ -715,16 +721,27 @@ impl Deriver {
                 .collect();
             let mut writer =
                 RecordBatchWriter::for_table(table).map_err(|e| self.delta_err(d.name(), e))?;
-            for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-                writer
-                    .write(batch.clone())
-                    .await
-                    .map_err(|e| self.delta_err(d.name(), e))?;
+            let mut adds = Vec::new();
+            let mut rows = 0;
+            for chunk in &chunks {
+                let batches = self.batches(d, chunk).map_err(|source| DeriveError::Batch {
+                    table: d.name(),
+                    source,
+                })?;
+                for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+                    rows += batch.num_rows();
+                    writer
+                        .write(batch)
+                        .await
+                        .map_err(|e| self.delta_err(d.name(), e))?;
+                }
+                adds.extend(
+                    writer
+                        .flush()
+                        .await
+                        .map_err(|e| self.delta_err(d.name(), e))?,
+                );
             }
-            let adds = writer
-                .flush()
-                .await
-                .map_err(|e| self.delta_err(d.name(), e))?;
             let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
             actions.extend(removes);
             let txn = Transaction::new_with_last_update(
@@ -749,7 +766,7 @@ impl Deriver {
                         .get_mut(&d)
                         .expect("every derived table is open")
                         .state = Some(snapshot);
-                    return Ok(true);
+                    return Ok(Some(rows));
                 }
                 Err(DeltaTableError::Transaction {
                     source: TransactionError::CommitConflict(_),
