@@ -53,6 +53,9 @@ use crate::state_tables;
 /// The `txn` application id of every derived table's commits.
 pub const DERIVE_APP_ID: &str = "pathflow-derive";
 
+/// Entities absorbed at a time when the first step lists every entity.
+const ABSORB_SLICE: usize = 20_000;
+
 /// The partition column of the state tables.
 pub const STATE_PARTITION: &str = "anchor_week";
 
@@ -430,9 +433,15 @@ impl Deriver {
         }
         self.folded = Some(latest);
         if first {
-            touched = self.fold.entities();
+            // Every entity, in slices: the gold update's working set is one
+            // slice's, not the whole history's (the tables come out the same).
+            let all = self.fold.entities();
+            for slice in all.chunks(ABSORB_SLICE) {
+                self.absorb(slice.to_vec());
+            }
+        } else {
+            self.absorb(touched);
         }
-        self.absorb(&touched);
 
         // Which tables must be written, and how much of each.
         for d in Derived::all() {
@@ -469,8 +478,7 @@ impl Deriver {
 
     /// Records what the touched entities change: their state partitions and
     /// the gold weeks (including weeks the newest week of events adds).
-    fn absorb(&mut self, touched: &[Touched]) {
-        let mut unique: Vec<&Touched> = touched.iter().collect();
+    fn absorb(&mut self, mut unique: Vec<Touched>) {
         unique.sort();
         unique.dedup();
         for t in &unique {
@@ -507,7 +515,6 @@ impl Deriver {
             let changed = self.anchors.entry(table).or_default().place(id, anchor);
             self.dirty.mark(table, changed.into_iter().flatten());
         }
-        let unique: Vec<Touched> = unique.into_iter().cloned().collect();
         let mut changed = self.gold.update(&self.fold, &unique);
         if let Some(as_of) = self.as_of {
             changed.merge(self.gold.set_as_of(as_of));
@@ -724,10 +731,12 @@ impl Deriver {
             let mut adds = Vec::new();
             let mut rows = 0;
             for chunk in &chunks {
-                let batches = self.batches(d, chunk).map_err(|source| DeriveError::Batch {
-                    table: d.name(),
-                    source,
-                })?;
+                let batches = self
+                    .batches(d, chunk)
+                    .map_err(|source| DeriveError::Batch {
+                        table: d.name(),
+                        source,
+                    })?;
                 for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
                     rows += batch.num_rows();
                     writer

@@ -35,7 +35,7 @@
 //! for what is not known yet. States serialise (serde), so a store can be
 //! persisted and folded further.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use pathflow_schemas::codes::BookingBand;
@@ -95,10 +95,34 @@ impl<T> Fact<T> {
 
 /// A fact of an entity as the set of events that stated it; its value is the
 /// latest one's (see the module doc for the order).
+///
+/// Most registers hold one or two facts for the entity's whole life, and
+/// the fold holds millions of them: the vector grows one fact at a time
+/// (`grow_by_one`) rather than to `Vec`'s first capacity of four.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Register<T> {
     /// Sorted by event id, one per event id.
     facts: Vec<Fact<T>>,
+}
+
+/// Makes room for exactly one more element. The fold's small vectors stay
+/// small for good, so the copy on each growth costs less than the three
+/// spare places `Vec` would otherwise keep behind every entity.
+fn grow_by_one<T>(v: &mut Vec<T>) {
+    v.reserve_exact(1);
+}
+
+/// Inserts `value` into a vector kept sorted and without repeats; false when
+/// it was already there.
+fn insert_sorted<T: Ord>(v: &mut Vec<T>, value: T) -> bool {
+    match v.binary_search(&value) {
+        Ok(_) => false,
+        Err(i) => {
+            grow_by_one(v);
+            v.insert(i, value);
+            true
+        }
+    }
 }
 
 impl<T> Default for Register<T> {
@@ -119,7 +143,10 @@ impl<T> Register<T> {
                     self.facts[i] = fact;
                 }
             }
-            Err(i) => self.facts.insert(i, fact),
+            Err(i) => {
+                grow_by_one(&mut self.facts);
+                self.facts.insert(i, fact);
+            }
         }
     }
 
@@ -257,8 +284,10 @@ pub struct ReferralState {
     discharges: Register<()>,
     advice_conversions: Register<PseudoId>,
     orgs_seen: Register<Orgs>,
-    /// Per appointment booked on the pathway: its attended first-attendance date.
-    first_attendances: BTreeMap<PseudoId, Option<NaiveDate>>,
+    /// Per appointment booked on the pathway (sorted by appointment, one
+    /// each): its attended first-attendance date. A vector, not a map: most
+    /// pathways have one or two, and a B-tree's first node has room for 11.
+    first_attendances: Vec<(PseudoId, Option<NaiveDate>)>,
 }
 
 impl ReferralState {
@@ -273,7 +302,7 @@ impl ReferralState {
             discharges: Register::default(),
             advice_conversions: Register::default(),
             orgs_seen: Register::default(),
-            first_attendances: BTreeMap::new(),
+            first_attendances: Vec::new(),
         }
     }
 
@@ -391,7 +420,10 @@ impl ReferralState {
 
     /// The pathway's first outpatient attendance (UK date).
     pub fn first_attendance(&self) -> Option<NaiveDate> {
-        self.first_attendances.values().flatten().min().copied()
+        self.first_attendances
+            .iter()
+            .filter_map(|(_, date)| *date)
+            .min()
     }
 
     /// Open, stopped or discharged.
@@ -483,8 +515,9 @@ pub struct AppointmentState {
     schedule: Register<Schedule>,
     status: Register<AppointmentStatus>,
     orgs_seen: Register<Orgs>,
-    /// Every pathway a booking of it has named.
-    pathways: BTreeSet<PseudoId>,
+    /// Every pathway a booking of it has named (sorted, one each; nearly
+    /// always one).
+    pathways: Vec<PseudoId>,
 }
 
 impl AppointmentState {
@@ -496,7 +529,7 @@ impl AppointmentState {
             schedule: Register::default(),
             status: Register::default(),
             orgs_seen: Register::default(),
-            pathways: BTreeSet::new(),
+            pathways: Vec::new(),
         }
     }
 
@@ -1123,7 +1156,7 @@ impl Fold {
                 a.status
                     .insert(Fact::new(e, RANK_BOOKED, AppointmentStatus::Booked));
                 if let AppointmentKind::Outpatient { pathway_id, .. } = &d.kind {
-                    a.pathways.insert(pathway_id.clone());
+                    insert_sorted(&mut a.pathways, pathway_id.clone());
                 }
                 self.link_appointment(&d.appointment_id)
             }
@@ -1242,8 +1275,15 @@ impl Fold {
         };
         for pathway in &a.pathways {
             let r = entry(&mut self.referrals, pathway, ReferralState::new);
-            r.first_attendances
-                .insert(id.clone(), a.first_attendance_for(pathway));
+            let date = a.first_attendance_for(pathway);
+            let held = &mut r.first_attendances;
+            match held.binary_search_by(|(appointment, _)| appointment.cmp(id)) {
+                Ok(i) => held[i].1 = date,
+                Err(i) => {
+                    grow_by_one(held);
+                    held.insert(i, (id.clone(), date));
+                }
+            }
             touched.push(Touched::Referral(pathway.clone()));
         }
         touched
