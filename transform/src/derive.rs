@@ -435,9 +435,13 @@ impl Deriver {
         if first {
             // Every entity, in slices: the gold update's working set is one
             // slice's, not the whole history's (the tables come out the same).
-            let all = self.fold.entities();
-            for slice in all.chunks(ABSORB_SLICE) {
-                self.absorb(slice.to_vec());
+            let mut all = self.fold.entities().into_iter();
+            loop {
+                let slice: Vec<Touched> = all.by_ref().take(ABSORB_SLICE).collect();
+                if slice.is_empty() {
+                    break;
+                }
+                self.absorb(slice);
             }
         } else {
             self.absorb(touched);

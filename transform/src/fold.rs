@@ -98,29 +98,29 @@ impl<T> Fact<T> {
 ///
 /// Most registers hold one or two facts for the entity's whole life, and
 /// the fold holds millions of them: the vector grows one fact at a time
-/// (`grow_by_one`) rather than to `Vec`'s first capacity of four.
+/// (`insert_sorted_by`) rather than to `Vec`'s first capacity of four.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Register<T> {
     /// Sorted by event id, one per event id.
     facts: Vec<Fact<T>>,
 }
 
-/// Makes room for exactly one more element. The fold's small vectors stay
-/// small for good, so the copy on each growth costs less than the three
-/// spare places `Vec` would otherwise keep behind every entity.
-fn grow_by_one<T>(v: &mut Vec<T>) {
-    v.reserve_exact(1);
-}
-
-/// Inserts `value` into a vector kept sorted and without repeats; false when
-/// it was already there.
-fn insert_sorted<T: Ord>(v: &mut Vec<T>, value: T) -> bool {
-    match v.binary_search(&value) {
-        Ok(_) => false,
+/// Inserts `value` into `v`, kept sorted by `key` with one element per key;
+/// when the key is already held, `merge` decides what stays. The vector
+/// grows by exactly one: the fold's small vectors stay small for good, so
+/// the copy on each growth costs less than the three spare places `Vec`
+/// would otherwise keep behind every entity.
+fn insert_sorted_by<T, K: Ord + ?Sized>(
+    v: &mut Vec<T>,
+    value: T,
+    key: impl Fn(&T) -> &K,
+    merge: impl FnOnce(&mut T, T),
+) {
+    match v.binary_search_by(|held| key(held).cmp(key(&value))) {
+        Ok(i) => merge(&mut v[i], value),
         Err(i) => {
-            grow_by_one(v);
+            v.reserve_exact(1);
             v.insert(i, value);
-            true
         }
     }
 }
@@ -134,20 +134,16 @@ impl<T> Default for Register<T> {
 impl<T> Register<T> {
     /// Adds a fact; an event id already present keeps its earliest recording.
     pub fn insert(&mut self, fact: Fact<T>) {
-        match self
-            .facts
-            .binary_search_by(|f| f.event_id.cmp(&fact.event_id))
-        {
-            Ok(i) => {
-                if fact.recorded_at < self.facts[i].recorded_at {
-                    self.facts[i] = fact;
+        insert_sorted_by(
+            &mut self.facts,
+            fact,
+            |f| &f.event_id,
+            |held, fact| {
+                if fact.recorded_at < held.recorded_at {
+                    *held = fact;
                 }
-            }
-            Err(i) => {
-                grow_by_one(&mut self.facts);
-                self.facts.insert(i, fact);
-            }
-        }
+            },
+        );
     }
 
     /// The winning (latest) fact.
@@ -1156,7 +1152,7 @@ impl Fold {
                 a.status
                     .insert(Fact::new(e, RANK_BOOKED, AppointmentStatus::Booked));
                 if let AppointmentKind::Outpatient { pathway_id, .. } = &d.kind {
-                    insert_sorted(&mut a.pathways, pathway_id.clone());
+                    insert_sorted_by(&mut a.pathways, pathway_id.clone(), |p| p, |_, _| ());
                 }
                 self.link_appointment(&d.appointment_id)
             }
@@ -1276,14 +1272,12 @@ impl Fold {
         for pathway in &a.pathways {
             let r = entry(&mut self.referrals, pathway, ReferralState::new);
             let date = a.first_attendance_for(pathway);
-            let held = &mut r.first_attendances;
-            match held.binary_search_by(|(appointment, _)| appointment.cmp(id)) {
-                Ok(i) => held[i].1 = date,
-                Err(i) => {
-                    grow_by_one(held);
-                    held.insert(i, (id.clone(), date));
-                }
-            }
+            insert_sorted_by(
+                &mut r.first_attendances,
+                (id.clone(), date),
+                |(appointment, _)| appointment,
+                |held, (_, date)| held.1 = date,
+            );
             touched.push(Touched::Referral(pathway.clone()));
         }
         touched
