@@ -25,6 +25,7 @@
 //! both are rewritten whole, once per week of event time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,6 +49,7 @@ use crate::commit::open_or_create;
 use crate::fold::{Fold, Touched};
 use crate::gold::{self, Gold, GoldTable};
 use crate::rules;
+use crate::spill::{SpillError, Spilled, Store};
 use crate::state_tables;
 
 /// The `txn` application id of every derived table's commits.
@@ -55,6 +57,10 @@ pub const DERIVE_APP_ID: &str = "pathflow-derive";
 
 /// Entities absorbed at a time when the first step lists every entity.
 const ABSORB_SLICE: usize = 20_000;
+
+/// Entities the fold keeps in memory while it reads bronze before it writes
+/// them to the store: about 25-50 MB of states.
+const IN_MEMORY_ENTITIES: usize = 50_000;
 
 /// The partition column of the state tables.
 pub const STATE_PARTITION: &str = "anchor_week";
@@ -163,6 +169,9 @@ pub enum DeriveError {
         /// What went wrong.
         reason: String,
     },
+    /// The scratch store of the per-entity state failed.
+    #[error("{0}; the deriver starts again from the bronze table")]
+    Spill(#[from] SpillError),
     /// A bronze row did not read back as an event.
     #[error("bronze file {path}: {source}")]
     BronzeRow {
@@ -197,28 +206,78 @@ pub struct DeriveReport {
     pub seconds: f64,
 }
 
-/// Which entities sit in which partition of one state table.
-#[derive(Debug, Default)]
+/// Which entities sit in which partition of one state table: each id's
+/// partition and each partition's ids in the store, the partitions' sizes
+/// (one entry per week) in memory.
+#[derive(Debug)]
 struct Anchors {
-    of: HashMap<PseudoId, NaiveDate>,
-    members: BTreeMap<NaiveDate, BTreeSet<PseudoId>>,
+    of: Spilled<PseudoId, NaiveDate>,
+    members: Spilled<(NaiveDate, Option<PseudoId>), ()>,
+    sizes: BTreeMap<NaiveDate, usize>,
 }
 
 impl Anchors {
+    /// Every state table's, kept in `store`.
+    fn on(store: &Arc<Store>) -> BTreeMap<Derived, Anchors> {
+        let tables = [
+            (Derived::Referrals, "anchor_referrals", "members_referrals"),
+            (
+                Derived::Appointments,
+                "anchor_appointments",
+                "members_appointments",
+            ),
+            (Derived::Followups, "anchor_followups", "members_followups"),
+            (Derived::Advice, "anchor_advice", "members_advice"),
+        ];
+        tables
+            .into_iter()
+            .map(|(d, of, members)| {
+                let anchors = Anchors {
+                    of: Spilled::on(store, of),
+                    members: Spilled::on(store, members),
+                    sizes: BTreeMap::new(),
+                };
+                (d, anchors)
+            })
+            .collect()
+    }
+
     /// Places `id` in `anchor`'s partition; returns the partitions whose rows changed.
     fn place(&mut self, id: &PseudoId, anchor: NaiveDate) -> [Option<NaiveDate>; 2] {
-        let old = self.of.insert(id.clone(), anchor);
-        if let Some(old) = old
-            && old != anchor
-            && let Some(set) = self.members.get_mut(&old)
-        {
-            set.remove(id);
-            if set.is_empty() {
-                self.members.remove(&old);
+        let old = self.of.get(id).map(|d| *d);
+        if old == Some(anchor) {
+            return [Some(anchor), None];
+        }
+        self.of.insert(id.clone(), anchor);
+        if let Some(old) = old {
+            self.members.delete(&(old, Some(id.clone())));
+            if let Some(n) = self.sizes.get_mut(&old) {
+                *n -= 1;
+                if *n == 0 {
+                    self.sizes.remove(&old);
+                }
             }
         }
-        self.members.entry(anchor).or_default().insert(id.clone());
-        [Some(anchor), old.filter(|o| *o != anchor)]
+        self.members.insert((anchor, Some(id.clone())), ());
+        *self.sizes.entry(anchor).or_default() += 1;
+        [Some(anchor), old]
+    }
+
+    /// The ids in `partition`'s rows, in order.
+    fn ids(&self, partition: NaiveDate) -> Vec<PseudoId> {
+        let Some(next) = partition.succ_opt() else {
+            return Vec::new();
+        };
+        self.members
+            .keys_between(&(partition, None), &(next, None))
+            .into_iter()
+            .filter_map(|(_, id)| id)
+            .collect()
+    }
+
+    fn flush(&mut self) -> Result<(), SpillError> {
+        self.of.flush()?;
+        self.members.flush()
     }
 }
 
@@ -251,6 +310,9 @@ impl Dirty {
 pub struct Deriver {
     location: String,
     storage_options: HashMap<String, String>,
+    /// Where the store of per-entity state is made.
+    scratch: PathBuf,
+    store: Arc<Store>,
     bronze: DeltaTable,
     tables: BTreeMap<Derived, DeltaTable>,
     fold: Fold,
@@ -269,11 +331,23 @@ pub struct Deriver {
 
 impl Deriver {
     /// Opens the derived tables under `location` (creating those missing)
-    /// over the bronze table there. Nothing is read until [`catch_up`](Self::catch_up).
+    /// over the bronze table there, with the per-entity state in the
+    /// system's temporary directory. Nothing is read until [`catch_up`](Self::catch_up).
     pub async fn open(
         location: &str,
         storage_options: &HashMap<String, String>,
     ) -> Result<Self, DeriveError> {
+        Self::open_with_scratch(location, storage_options, &std::env::temp_dir()).await
+    }
+
+    /// [`open`](Self::open), with the store of per-entity state made in `scratch`
+    /// (a local directory; its file is removed when the deriver is dropped).
+    pub async fn open_with_scratch(
+        location: &str,
+        storage_options: &HashMap<String, String>,
+        scratch: &Path,
+    ) -> Result<Self, DeriveError> {
+        let store = Store::create(scratch)?;
         let root = location.trim_end_matches('/').to_string();
         let at = |name: &str| format!("{root}/{name}");
         let bronze = open_or_create(
@@ -311,15 +385,17 @@ impl Deriver {
         Ok(Self {
             location: root,
             storage_options: storage_options.clone(),
+            scratch: scratch.to_path_buf(),
+            fold: Fold::on(&store),
+            gold: Gold::on(&store),
+            anchors: Anchors::on(&store),
+            store,
             bronze,
             tables,
-            fold: Fold::new(),
-            gold: Gold::new(),
             as_of: None,
             newest: None,
             folded: None,
             as_of_week: None,
-            anchors: BTreeMap::new(),
             dirty: Dirty::default(),
         })
     }
@@ -367,13 +443,14 @@ impl Deriver {
     /// Recomputes every derived table from the whole bronze table and
     /// rewrites each of them, whatever version they reflect.
     pub async fn rebuild(&mut self) -> Result<DeriveReport, DeriveError> {
-        self.fold = Fold::new();
-        self.gold = Gold::new();
+        self.store = Store::create(&self.scratch)?;
+        self.fold = Fold::on(&self.store);
+        self.gold = Gold::on(&self.store);
+        self.anchors = Anchors::on(&self.store);
         self.as_of = None;
         self.newest = None;
         self.folded = None;
         self.as_of_week = None;
-        self.anchors.clear();
         self.dirty = Dirty::default();
         self.step(true).await
     }
@@ -429,22 +506,35 @@ impl Deriver {
                 if !first {
                     touched.extend(changed);
                 }
+                if self.fold.in_memory_len() >= IN_MEMORY_ENTITIES {
+                    self.fold.flush()?;
+                }
             }
         }
         self.folded = Some(latest);
         if first {
-            // Every entity, in slices: the gold update's working set is one
-            // slice's, not the whole history's (the tables come out the same).
-            let mut all = self.fold.entities().into_iter();
+            // Every entity, a slice at a time from the store: the gold
+            // update's working set is one slice's, not the whole history's
+            // (the tables come out the same).
+            self.fold.flush()?;
+            let mut after: Option<Touched> = None;
             loop {
-                let slice: Vec<Touched> = all.by_ref().take(ABSORB_SLICE).collect();
-                if slice.is_empty() {
+                let slice = self.fold.entities_after(after.as_ref(), ABSORB_SLICE);
+                let Some(last) = slice.last().cloned() else {
                     break;
-                }
+                };
                 self.absorb(slice);
+                self.flush()?;
+                after = Some(last);
             }
         } else {
             self.absorb(touched);
+        }
+        // The writes read every row from the store; and a read that failed
+        // there must not reach a table.
+        self.flush()?;
+        if let Some(failure) = self.store.failure() {
+            return Err(failure.into());
         }
 
         // Which tables must be written, and how much of each.
@@ -463,6 +553,16 @@ impl Deriver {
         }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Writes the per-entity state in memory to the store.
+    fn flush(&mut self) -> Result<(), SpillError> {
+        self.fold.flush()?;
+        self.gold.flush()?;
+        for anchors in self.anchors.values_mut() {
+            anchors.flush()?;
+        }
+        Ok(())
     }
 
     /// Moves `as_of` to the event's date when it is newer. The earlier of
@@ -516,7 +616,10 @@ impl Deriver {
                 Touched::Slot(_) => continue,
             };
             let anchor = anchor.map(monday).unwrap_or_else(unknown_anchor);
-            let changed = self.anchors.entry(table).or_default().place(id, anchor);
+            let Some(anchors) = self.anchors.get_mut(&table) else {
+                unreachable!("every state table has its anchors")
+            };
+            let changed = anchors.place(id, anchor);
             self.dirty.mark(table, changed.into_iter().flatten());
         }
         let mut changed = self.gold.update(&self.fold, &unique);
@@ -623,7 +726,7 @@ impl Deriver {
             _ => self
                 .anchors
                 .get(&d)
-                .map(|a| a.members.keys().copied().collect())
+                .map(|a| a.sizes.keys().copied().collect())
                 .unwrap_or_default(),
         }
     }
@@ -648,22 +751,28 @@ impl Deriver {
             return Ok(out);
         };
         for p in partitions {
-            let Some(ids) = anchors.members.get(p) else {
+            let ids = anchors.ids(*p);
+            if ids.is_empty() {
                 continue;
-            };
+            }
+            // One partition's states, from the store.
             let f = &self.fold;
             let batch = match d {
                 Derived::Referrals => {
-                    state_tables::referrals_batch(ids.iter().filter_map(|i| f.referral(i)), as_of)
+                    let s: Vec<_> = ids.iter().filter_map(|i| f.referral(i)).collect();
+                    state_tables::referrals_batch(s.iter().map(|c| c.as_ref()), as_of)
                 }
                 Derived::Appointments => {
-                    state_tables::appointments_batch(ids.iter().filter_map(|i| f.appointment(i)))
+                    let s: Vec<_> = ids.iter().filter_map(|i| f.appointment(i)).collect();
+                    state_tables::appointments_batch(s.iter().map(|c| c.as_ref()))
                 }
                 Derived::Followups => {
-                    state_tables::followups_batch(ids.iter().filter_map(|i| f.followup(i)), as_of)
+                    let s: Vec<_> = ids.iter().filter_map(|i| f.followup(i)).collect();
+                    state_tables::followups_batch(s.iter().map(|c| c.as_ref()), as_of)
                 }
                 Derived::Advice => {
-                    state_tables::advice_batch(ids.iter().filter_map(|i| f.advice(i)))
+                    let s: Vec<_> = ids.iter().filter_map(|i| f.advice(i)).collect();
+                    state_tables::advice_batch(s.iter().map(|c| c.as_ref()))
                 }
                 Derived::Gold(_) => unreachable!("gold handled above"),
             }?;

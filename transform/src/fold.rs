@@ -35,7 +35,8 @@
 //! for what is not known yet. States serialise (serde), so a store can be
 //! persisted and folded further.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use pathflow_schemas::codes::BookingBand;
@@ -49,6 +50,7 @@ use pathflow_schemas::{Event, EventId, OdsCode, Payload, PseudoId};
 use serde::{Deserialize, Serialize};
 
 use crate::rules;
+use crate::spill::{SpillError, SpillKey, Spilled, Store};
 
 // ---- registers ------------------------------------------------------------
 
@@ -480,6 +482,7 @@ pub struct Booking {
     /// The start first booked (UTC).
     pub start: DateTime<Utc>,
     /// GP (with GPAD mapping) or outpatient (with pathway and contact).
+    #[serde(with = "stored_kind::appointment")]
     pub kind: AppointmentKind,
     /// The booking event's orgs.
     pub orgs: Orgs,
@@ -676,6 +679,96 @@ impl AppointmentState {
     }
 }
 
+/// The appointment and slot kinds as stored states write them: the event
+/// schema tags them with a field (`"setting": "gp"`), which only
+/// self-describing formats read back; states are stored in postcard, so
+/// they are written as plain enums.
+mod stored_kind {
+    use pathflow_schemas::PseudoId;
+    use pathflow_schemas::codes::{AppointmentMode, ContactType, HcpType, NationalCategory};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    enum Appointment {
+        Gp(AppointmentMode, HcpType, NationalCategory),
+        Outpatient(PseudoId, ContactType, Option<PseudoId>),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum Slot {
+        Gp(AppointmentMode, HcpType, NationalCategory),
+        Outpatient(ContactType),
+    }
+
+    pub mod appointment {
+        use super::Appointment;
+        use pathflow_schemas::event::AppointmentKind;
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        pub fn serialize<S: Serializer>(kind: &AppointmentKind, s: S) -> Result<S::Ok, S::Error> {
+            match kind.clone() {
+                AppointmentKind::Gp {
+                    mode,
+                    hcp_type,
+                    national_category,
+                } => Appointment::Gp(mode, hcp_type, national_category),
+                AppointmentKind::Outpatient {
+                    pathway_id,
+                    contact,
+                    followup_id,
+                } => Appointment::Outpatient(pathway_id, contact, followup_id),
+            }
+            .serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<AppointmentKind, D::Error> {
+            Ok(match Appointment::deserialize(d)? {
+                Appointment::Gp(mode, hcp_type, national_category) => AppointmentKind::Gp {
+                    mode,
+                    hcp_type,
+                    national_category,
+                },
+                Appointment::Outpatient(pathway_id, contact, followup_id) => {
+                    AppointmentKind::Outpatient {
+                        pathway_id,
+                        contact,
+                        followup_id,
+                    }
+                }
+            })
+        }
+    }
+
+    pub mod slot {
+        use super::Slot;
+        use pathflow_schemas::event::SlotKind;
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        pub fn serialize<S: Serializer>(kind: &SlotKind, s: S) -> Result<S::Ok, S::Error> {
+            match kind.clone() {
+                SlotKind::Gp {
+                    mode,
+                    hcp_type,
+                    national_category,
+                } => Slot::Gp(mode, hcp_type, national_category),
+                SlotKind::Outpatient { contact } => Slot::Outpatient(contact),
+            }
+            .serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SlotKind, D::Error> {
+            Ok(match Slot::deserialize(d)? {
+                Slot::Gp(mode, hcp_type, national_category) => SlotKind::Gp {
+                    mode,
+                    hcp_type,
+                    national_category,
+                },
+                Slot::Outpatient(contact) => SlotKind::Outpatient { contact },
+            })
+        }
+    }
+}
+
 // ---- slots ----------------------------------------------------------------
 
 /// What `appointment.slot_published` says.
@@ -686,6 +779,7 @@ pub struct Slot {
     /// Length in minutes.
     pub duration_minutes: u16,
     /// GP (with GPAD mapping) or outpatient (new or follow-up).
+    #[serde(with = "stored_kind::slot")]
     pub kind: SlotKind,
     /// The publishing event's orgs.
     pub orgs: Orgs,
@@ -1007,28 +1101,101 @@ pub enum Touched {
     Advice(PseudoId),
 }
 
-/// Every entity's state, by id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fold {
-    referrals: BTreeMap<PseudoId, ReferralState>,
-    appointments: BTreeMap<PseudoId, AppointmentState>,
-    slots: BTreeMap<PseudoId, SlotState>,
-    followups: BTreeMap<PseudoId, FollowupState>,
-    advice: BTreeMap<PseudoId, AdviceState>,
+impl Touched {
+    /// The kind's place in `Touched`'s order.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Touched::Referral(_) => 0,
+            Touched::Appointment(_) => 1,
+            Touched::Slot(_) => 2,
+            Touched::Followup(_) => 3,
+            Touched::Advice(_) => 4,
+        }
+    }
+
+    /// The entity's id.
+    pub fn id(&self) -> &PseudoId {
+        match self {
+            Touched::Referral(id)
+            | Touched::Appointment(id)
+            | Touched::Slot(id)
+            | Touched::Followup(id)
+            | Touched::Advice(id) => id,
+        }
+    }
 }
 
-fn entry<'a, S>(
-    map: &'a mut BTreeMap<PseudoId, S>,
+impl SpillKey for Touched {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.kind());
+        self.id().encode(out);
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (kind, id) = bytes.split_first()?;
+        let id = PseudoId::decode(id)?;
+        Some(match kind {
+            0 => Touched::Referral(id),
+            1 => Touched::Appointment(id),
+            2 => Touched::Slot(id),
+            3 => Touched::Followup(id),
+            4 => Touched::Advice(id),
+            _ => return None,
+        })
+    }
+}
+
+/// Every entity's state, by id: in memory ([`Fold::new`]) or in a
+/// [`Store`] with only the entities in use in memory ([`Fold::on`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fold {
+    referrals: Spilled<PseudoId, ReferralState>,
+    appointments: Spilled<PseudoId, AppointmentState>,
+    slots: Spilled<PseudoId, SlotState>,
+    followups: Spilled<PseudoId, FollowupState>,
+    advice: Spilled<PseudoId, AdviceState>,
+}
+
+fn entry<'a, S: Serialize + serde::de::DeserializeOwned + Clone>(
+    map: &'a mut Spilled<PseudoId, S>,
     id: &PseudoId,
     new: fn(PseudoId) -> S,
 ) -> &'a mut S {
-    map.entry(id.clone()).or_insert_with(|| new(id.clone()))
+    map.get_or_insert_with(id, || new(id.clone()))
 }
 
 impl Fold {
-    /// An empty store.
+    /// An empty fold, in memory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty fold kept in `store`.
+    pub fn on(store: &Arc<Store>) -> Self {
+        Fold {
+            referrals: Spilled::on(store, "fold_referrals"),
+            appointments: Spilled::on(store, "fold_appointments"),
+            slots: Spilled::on(store, "fold_slots"),
+            followups: Spilled::on(store, "fold_followups"),
+            advice: Spilled::on(store, "fold_advice"),
+        }
+    }
+
+    /// Entities held in memory (all of them without a store).
+    pub fn in_memory_len(&self) -> usize {
+        self.referrals.in_memory_len()
+            + self.appointments.in_memory_len()
+            + self.slots.in_memory_len()
+            + self.followups.in_memory_len()
+            + self.advice.in_memory_len()
+    }
+
+    /// Writes the entities in memory to the store and forgets them.
+    pub fn flush(&mut self) -> Result<(), SpillError> {
+        self.referrals.flush()?;
+        self.appointments.flush()?;
+        self.slots.flush()?;
+        self.followups.flush()?;
+        self.advice.flush()
     }
 
     /// Folds one event in and names the entities it changed. Any order of
@@ -1284,68 +1451,130 @@ impl Fold {
     }
 
     /// A pathway's state.
-    pub fn referral(&self, pathway_id: &PseudoId) -> Option<&ReferralState> {
+    pub fn referral(&self, pathway_id: &PseudoId) -> Option<Cow<'_, ReferralState>> {
         self.referrals.get(pathway_id)
     }
 
     /// An appointment's state.
-    pub fn appointment(&self, appointment_id: &PseudoId) -> Option<&AppointmentState> {
+    pub fn appointment(&self, appointment_id: &PseudoId) -> Option<Cow<'_, AppointmentState>> {
         self.appointments.get(appointment_id)
     }
 
     /// A slot's state.
-    pub fn slot(&self, slot_id: &PseudoId) -> Option<&SlotState> {
+    pub fn slot(&self, slot_id: &PseudoId) -> Option<Cow<'_, SlotState>> {
         self.slots.get(slot_id)
     }
 
     /// A follow-up's state.
-    pub fn followup(&self, followup_id: &PseudoId) -> Option<&FollowupState> {
+    pub fn followup(&self, followup_id: &PseudoId) -> Option<Cow<'_, FollowupState>> {
         self.followups.get(followup_id)
     }
 
     /// An A&G request's state.
-    pub fn advice(&self, advice_id: &PseudoId) -> Option<&AdviceState> {
+    pub fn advice(&self, advice_id: &PseudoId) -> Option<Cow<'_, AdviceState>> {
         self.advice.get(advice_id)
     }
 
     /// Every pathway, by id.
-    pub fn referrals(&self) -> impl Iterator<Item = &ReferralState> {
-        self.referrals.values()
+    pub fn referrals(&self) -> Vec<ReferralState> {
+        self.referrals
+            .entries()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
     }
 
     /// Every appointment, by id.
-    pub fn appointments(&self) -> impl Iterator<Item = &AppointmentState> {
-        self.appointments.values()
+    pub fn appointments(&self) -> Vec<AppointmentState> {
+        self.appointments
+            .entries()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
     }
 
     /// Every slot, by id.
-    pub fn slots(&self) -> impl Iterator<Item = &SlotState> {
-        self.slots.values()
+    pub fn slots(&self) -> Vec<SlotState> {
+        self.slots.entries().into_iter().map(|(_, s)| s).collect()
     }
 
     /// Every follow-up, by id.
-    pub fn followups(&self) -> impl Iterator<Item = &FollowupState> {
-        self.followups.values()
+    pub fn followups(&self) -> Vec<FollowupState> {
+        self.followups
+            .entries()
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
     }
 
     /// Every A&G request, by id.
-    pub fn advice_requests(&self) -> impl Iterator<Item = &AdviceState> {
-        self.advice.values()
+    pub fn advice_requests(&self) -> Vec<AdviceState> {
+        self.advice.entries().into_iter().map(|(_, s)| s).collect()
     }
 
     /// Every entity, named as [`Fold::apply`] names the ones it changes.
     pub fn entities(&self) -> Vec<Touched> {
-        let referrals = self.referrals.keys().cloned().map(Touched::Referral);
-        let appointments = self.appointments.keys().cloned().map(Touched::Appointment);
-        let slots = self.slots.keys().cloned().map(Touched::Slot);
-        let followups = self.followups.keys().cloned().map(Touched::Followup);
-        let advice = self.advice.keys().cloned().map(Touched::Advice);
-        referrals
-            .chain(appointments)
-            .chain(slots)
-            .chain(followups)
-            .chain(advice)
-            .collect()
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.entities_after(after.as_ref(), 100_000);
+            let Some(last) = page.last().cloned() else {
+                return all;
+            };
+            all.extend(page);
+            after = Some(last);
+        }
+    }
+
+    /// Up to `n` entities after `after` (from the first when `None`), in
+    /// [`Touched`]'s order: a whole store listed a page at a time.
+    pub fn entities_after(&self, after: Option<&Touched>, n: usize) -> Vec<Touched> {
+        let mut out = Vec::new();
+        // Touched orders by kind, then id.
+        for kind in 0..5u8 {
+            if out.len() >= n {
+                break;
+            }
+            let from = match after {
+                Some(a) if a.kind() > kind => continue,
+                Some(a) if a.kind() == kind => Some(a.id()),
+                _ => None,
+            };
+            let left = n - out.len();
+            match kind {
+                0 => out.extend(
+                    self.referrals
+                        .keys_after(from, left)
+                        .into_iter()
+                        .map(Touched::Referral),
+                ),
+                1 => out.extend(
+                    self.appointments
+                        .keys_after(from, left)
+                        .into_iter()
+                        .map(Touched::Appointment),
+                ),
+                2 => out.extend(
+                    self.slots
+                        .keys_after(from, left)
+                        .into_iter()
+                        .map(Touched::Slot),
+                ),
+                3 => out.extend(
+                    self.followups
+                        .keys_after(from, left)
+                        .into_iter()
+                        .map(Touched::Followup),
+                ),
+                _ => out.extend(
+                    self.advice
+                        .keys_after(from, left)
+                        .into_iter()
+                        .map(Touched::Advice),
+                ),
+            }
+        }
+        out
     }
 
     /// Puts back a pathway's state (e.g. read from storage) to fold further events into.
@@ -1682,7 +1911,7 @@ mod tests {
         assert_eq!(s.provider(), None);
         assert_eq!(s.pathway_id(), None);
         assert_eq!(f.slot(&slot).unwrap().setting(), Some(Setting::Gp));
-        assert!(f.referrals().next().is_none());
+        assert!(f.referrals().is_empty());
     }
 
     #[test]
@@ -2113,7 +2342,7 @@ mod tests {
             let got = fold(&delivered);
             prop_assert_eq!(&got, &expected);
             // The fold saw every pathway whatever the order.
-            let referrals = got.referrals().count();
+            let referrals = got.referrals().len();
             prop_assert!(referrals >= 1);
             for r in got.referrals() {
                 prop_assert!(r.referral().is_some());

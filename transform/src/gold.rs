@@ -54,6 +54,8 @@ use crate::fold::{
     Touched,
 };
 use crate::rules;
+use crate::spill::{SpillError, Spilled, Store};
+use serde::{Deserialize, Serialize};
 
 // ---- tables ---------------------------------------------------------------
 
@@ -523,7 +525,7 @@ impl Delta {
 // ---- summaries --------------------------------------------------------------
 
 /// What a pathway contributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ReferralSummary {
     orgs: Orgs,
     priority: Option<Priority>,
@@ -627,7 +629,7 @@ impl ReferralSummary {
 }
 
 /// What an appointment contributes (once its booking says its setting).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct AppointmentSummary {
     setting: Setting,
     orgs: Orgs,
@@ -711,7 +713,7 @@ impl AppointmentSummary {
 }
 
 /// What a published slot contributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct SlotSummary {
     setting: Setting,
     orgs: Orgs,
@@ -751,7 +753,7 @@ impl SlotSummary {
 }
 
 /// What a follow-up contributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct FollowupSummary {
     orgs: Orgs,
     due: Option<NaiveDate>,
@@ -816,7 +818,7 @@ impl FollowupSummary {
 }
 
 /// What an A&G request contributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct AdviceSummary {
     orgs: Orgs,
     requested: Option<NaiveDate>,
@@ -860,7 +862,7 @@ impl AdviceSummary {
 }
 
 /// One entity's summary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Summary {
     Referral(ReferralSummary),
     Appointment(AppointmentSummary),
@@ -875,18 +877,21 @@ impl Summary {
         match entity {
             Touched::Referral(id) => fold
                 .referral(id)
-                .map(|r| Summary::Referral(ReferralSummary::of(r))),
+                .map(|r| Summary::Referral(ReferralSummary::of(&r))),
             Touched::Appointment(id) => fold
                 .appointment(id)
-                .and_then(AppointmentSummary::of)
+                .and_then(|a| AppointmentSummary::of(&a))
                 .map(Summary::Appointment),
-            Touched::Slot(id) => fold.slot(id).and_then(SlotSummary::of).map(Summary::Slot),
+            Touched::Slot(id) => fold
+                .slot(id)
+                .and_then(|s| SlotSummary::of(&s))
+                .map(Summary::Slot),
             Touched::Followup(id) => fold
                 .followup(id)
-                .map(|f| Summary::Followup(FollowupSummary::of(f))),
+                .map(|f| Summary::Followup(FollowupSummary::of(&f))),
             Touched::Advice(id) => fold
                 .advice(id)
-                .map(|a| Summary::Advice(AdviceSummary::of(a))),
+                .map(|a| Summary::Advice(AdviceSummary::of(&a))),
         }
     }
 
@@ -958,7 +963,8 @@ impl Summary {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Gold {
     rows: BTreeMap<GoldTable, BTreeMap<Week, HashMap<RowKey, Counters>>>,
-    summaries: HashMap<Touched, Summary>,
+    /// Every entity's summary: what it counts in now, to take out when it changes.
+    summaries: Spilled<Touched, Summary>,
     /// Entities whose snapshots can still grow when `as_of` advances.
     open: HashSet<Touched>,
     as_of: Option<Week>,
@@ -968,6 +974,24 @@ impl Gold {
     /// No rows, no `as_of` (no snapshot measures until [`Gold::set_as_of`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same, with the entities' summaries kept in `store`.
+    pub fn on(store: &Arc<Store>) -> Self {
+        Gold {
+            summaries: Spilled::on(store, "gold_summaries"),
+            ..Gold::default()
+        }
+    }
+
+    /// Summaries held in memory.
+    pub fn in_memory_len(&self) -> usize {
+        self.summaries.in_memory_len()
+    }
+
+    /// Writes the summaries in memory to the store and forgets them.
+    pub fn flush(&mut self) -> Result<(), SpillError> {
+        self.summaries.flush()
     }
 
     /// Every entity of `fold` counted, with `as_of` set.
@@ -995,7 +1019,7 @@ impl Gold {
                 continue;
             }
             let new = Summary::of(fold, entity);
-            if self.summaries.get(entity) == new.as_ref() {
+            if self.summaries.get(entity).as_deref() == new.as_ref() {
                 continue;
             }
             if let Some(old) = self.summaries.remove(entity) {
@@ -1533,6 +1557,7 @@ mod tests {
             let week = Week::of(date(7 * n));
             let waiting = fold
                 .referrals()
+                .iter()
                 .filter(|r| r.waiting_at(rules::week_end(week)))
                 .count() as i64;
             assert_eq!(
@@ -1843,6 +1868,7 @@ mod tests {
         for week in ends {
             let overdue = fold
                 .followups()
+                .iter()
                 .filter(|s| s.overdue_days_at(rules::week_end(week)).is_some())
                 .count() as i64;
             let r = f.row(&[("week_id", Some(&week.to_string()))]);
@@ -2263,6 +2289,7 @@ mod tests {
             while week <= Week::of(date(final_day)) {
                 let waiting = fold
                     .referrals()
+                    .iter()
                     .filter(|r| r.waiting_at(rules::week_end(week)))
                     .count() as i64;
                 let rows = w.find(&[("week_id", Some(&week.to_string())), ("scope", Some("all"))]);

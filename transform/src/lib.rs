@@ -23,6 +23,9 @@
 //! - [`derive`]: the [`derive::Deriver`] that follows the bronze table and
 //!   commits the state and gold tables, only the partitions that changed,
 //!   each commit saying which bronze version it reflects.
+//! - [`spill`]: the deriver's per-entity state (fold, gold summaries,
+//!   partition index) in a scratch redb file behind a bounded cache, so its
+//!   memory does not grow with the number of entities.
 //! - [`run`]: `pathflow transform`: the consumer group that commits the
 //!   bronze table on a size-or-latency trigger, the deriver beside it,
 //!   `--rebuild`, and the metrics.
@@ -35,6 +38,7 @@ pub mod fold;
 pub mod gold;
 pub mod rules;
 pub mod run;
+pub mod spill;
 pub mod state_tables;
 pub mod testing;
 

@@ -597,7 +597,7 @@ mod tests {
     fn referrals_rows_carry_status_and_wait_as_of_a_date() {
         let fold = folded();
         let as_of = date(100);
-        let batch = referrals_batch(fold.referrals(), as_of).unwrap();
+        let batch = referrals_batch(&fold.referrals(), as_of).unwrap();
         assert_eq!(batch.num_rows(), 2);
         let weeks = column(&batch, "wait_weeks").as_primitive::<Int32Type>();
         let received = column(&batch, "received_date").as_primitive::<Date32Type>();
@@ -631,7 +631,7 @@ mod tests {
     #[test]
     fn appointments_rows_carry_status_lead_time_and_gpad() {
         let fold = folded();
-        let batch = appointments_batch(fold.appointments()).unwrap();
+        let batch = appointments_batch(&fold.appointments()).unwrap();
         assert_eq!(batch.num_rows(), 2);
 
         let gp = row(&batch, &id(2, 1));
@@ -669,7 +669,7 @@ mod tests {
     #[test]
     fn followups_rows_carry_overdue_days_as_of_a_date() {
         let fold = folded();
-        let batch = followups_batch(fold.followups(), date(50)).unwrap();
+        let batch = followups_batch(&fold.followups(), date(50)).unwrap();
         assert_eq!(batch.num_rows(), 2);
         let overdue = row(&batch, &id(3, 1));
         assert_eq!(str_at(&batch, "status", overdue), Some("waiting"));
@@ -681,14 +681,14 @@ mod tests {
         let pifu = row(&batch, &id(3, 2));
         assert_eq!(i64_at(&batch, "overdue_days", pifu), None);
         // Before the due date, not overdue.
-        let early = followups_batch(fold.followups(), date(39)).unwrap();
+        let early = followups_batch(&fold.followups(), date(39)).unwrap();
         assert_eq!(i64_at(&early, "overdue_days", row(&early, &id(3, 1))), None);
     }
 
     #[test]
     fn advice_rows_carry_response_time_and_conversion() {
         let fold = folded();
-        let batch = advice_batch(fold.advice_requests()).unwrap();
+        let batch = advice_batch(&fold.advice_requests()).unwrap();
         assert_eq!(batch.num_rows(), 1);
         assert_eq!(i64_at(&batch, "response_days", 0), Some(2));
         assert_eq!(
@@ -708,22 +708,22 @@ mod tests {
     fn empty_states_give_empty_batches() {
         let fold = Fold::new();
         assert_eq!(
-            referrals_batch(fold.referrals(), date(0))
+            referrals_batch(&fold.referrals(), date(0))
                 .unwrap()
                 .num_rows(),
             0
         );
         assert_eq!(
-            appointments_batch(fold.appointments()).unwrap().num_rows(),
+            appointments_batch(&fold.appointments()).unwrap().num_rows(),
             0
         );
         assert_eq!(
-            followups_batch(fold.followups(), date(0))
+            followups_batch(&fold.followups(), date(0))
                 .unwrap()
                 .num_rows(),
             0
         );
-        assert_eq!(advice_batch(fold.advice_requests()).unwrap().num_rows(), 0);
+        assert_eq!(advice_batch(&fold.advice_requests()).unwrap().num_rows(), 0);
     }
 
     #[test]
