@@ -17,7 +17,8 @@
 //! (default 26) size the throughput run's ICB; `PATHFLOW_BENCH_HISTORY_WEEKS`
 //! (default 6) is the 1× history of the commit-duration run (10× is ten times
 //! as many weeks of the same population, `PATHFLOW_BENCH_HISTORY_POPULATION`,
-//! default 20000). `PATHFLOW_BENCH_ONLY=history` runs the second part alone.
+//! default 20000). `PATHFLOW_BENCH_ONLY=history` runs the second part alone,
+//! `PATHFLOW_BENCH_ONLY=throughput` the first.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -248,7 +249,10 @@ fn main() {
         );
     }
 
-    // 2. Commit duration with 1x and 10x history.
+    // 2. Commit duration with 1x and 10x history (`PATHFLOW_BENCH_ONLY=throughput` skips it).
+    if std::env::var("PATHFLOW_BENCH_ONLY").as_deref() == Ok("throughput") {
+        return;
+    }
     let population = env_or("PATHFLOW_BENCH_HISTORY_POPULATION", 20_000);
     let weeks = env_or("PATHFLOW_BENCH_HISTORY_WEEKS", 6);
     let mut medians = Vec::new();

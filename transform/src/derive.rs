@@ -4,10 +4,12 @@
 //!
 //! [`Deriver`] follows the bronze table's versions rather than Kafka, so any
 //! number of bronze writers (one consumer group) feed one derivation, and a
-//! derivation can always be redone from bronze alone (`--rebuild`). It keeps
-//! every entity's state ([`Fold`]) and the weekly aggregates ([`Gold`]) in
-//! memory; each step reads only the files the new bronze versions added and
-//! rewrites only the partitions whose rows changed:
+//! derivation can always be redone from bronze alone (`--rebuild`). Every
+//! entity's state ([`Fold`]), its gold summary and its partition live in a
+//! scratch [`Store`] on local disk with the entities in use in memory; the
+//! weekly aggregates ([`Gold`]'s rows) are in memory. Each step reads only
+//! the files the new bronze versions added and rewrites only the partitions
+//! whose rows changed:
 //!
 //! - state tables are partitioned by `anchor_week`, the Monday of the week of
 //!   the entity's anchor date (a referral's received date, an appointment's
@@ -793,7 +795,8 @@ impl Deriver {
     /// Rows are built and written one partition at a time, and the writer
     /// is flushed after each (one file per partition, as one batch would
     /// give): the weekly rewrite of `referrals` and `followups` and a
-    /// rebuild hold one partition in memory, not the table.
+    /// rebuild hold one partition in memory, not the table, and the Parquet
+    /// writer one partition's column encoders.
     async fn replace(
         &mut self,
         d: Derived,
@@ -809,11 +812,10 @@ impl Deriver {
             let list: Vec<String> = n.iter().map(|d| format!("'{d}'")).collect();
             format!("{column} IN ({})", list.join(", "))
         });
-        // Gold tables are small (a few rows per entity and week): one batch.
-        let chunks: Vec<BTreeSet<NaiveDate>> = match d {
-            Derived::Gold(_) => vec![partitions.clone()],
-            _ => partitions.iter().map(|p| BTreeSet::from([*p])).collect(),
-        };
+        // One partition at a time, gold too: the Parquet writer keeps a
+        // dictionary encoder per column of every partition it has open.
+        let chunks: Vec<BTreeSet<NaiveDate>> =
+            partitions.iter().map(|p| BTreeSet::from([*p])).collect();
         let mut attempts = 0;
         loop {
             if !(force && attempts == 0)
