@@ -761,19 +761,19 @@ impl Deriver {
             let f = &self.fold;
             let batch = match d {
                 Derived::Referrals => {
-                    let s: Vec<_> = ids.iter().filter_map(|i| f.referral(i)).collect();
+                    let s = f.referrals_of(&ids);
                     state_tables::referrals_batch(s.iter().map(|c| c.as_ref()), as_of)
                 }
                 Derived::Appointments => {
-                    let s: Vec<_> = ids.iter().filter_map(|i| f.appointment(i)).collect();
+                    let s = f.appointments_of(&ids);
                     state_tables::appointments_batch(s.iter().map(|c| c.as_ref()))
                 }
                 Derived::Followups => {
-                    let s: Vec<_> = ids.iter().filter_map(|i| f.followup(i)).collect();
+                    let s = f.followups_of(&ids);
                     state_tables::followups_batch(s.iter().map(|c| c.as_ref()), as_of)
                 }
                 Derived::Advice => {
-                    let s: Vec<_> = ids.iter().filter_map(|i| f.advice(i)).collect();
+                    let s = f.advice_of(&ids);
                     state_tables::advice_batch(s.iter().map(|c| c.as_ref()))
                 }
                 Derived::Gold(_) => unreachable!("gold handled above"),

@@ -1475,6 +1475,30 @@ impl Fold {
         self.advice.get(advice_id)
     }
 
+    /// The states of `ids` that exist, in order, read in one go.
+    pub fn referrals_of(&self, ids: &[PseudoId]) -> Vec<Cow<'_, ReferralState>> {
+        self.referrals.get_many(ids).into_iter().flatten().collect()
+    }
+
+    /// The states of `ids` that exist, in order, read in one go.
+    pub fn appointments_of(&self, ids: &[PseudoId]) -> Vec<Cow<'_, AppointmentState>> {
+        self.appointments
+            .get_many(ids)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// The states of `ids` that exist, in order, read in one go.
+    pub fn followups_of(&self, ids: &[PseudoId]) -> Vec<Cow<'_, FollowupState>> {
+        self.followups.get_many(ids).into_iter().flatten().collect()
+    }
+
+    /// The states of `ids` that exist, in order, read in one go.
+    pub fn advice_of(&self, ids: &[PseudoId]) -> Vec<Cow<'_, AdviceState>> {
+        self.advice.get_many(ids).into_iter().flatten().collect()
+    }
+
     /// Every pathway, by id.
     pub fn referrals(&self) -> Vec<ReferralState> {
         self.referrals

@@ -41,7 +41,9 @@ pub struct SpillError {
     pub reason: String,
 }
 
-/// A scratch redb file, deleted on drop.
+/// A scratch redb file. Its name is removed as soon as it is open, so the
+/// file goes when the store is dropped, or when the process dies, even by
+/// SIGKILL: a crashed deriver leaves nothing behind in the scratch directory.
 pub struct Store {
     db: redb::Database,
     path: PathBuf,
@@ -53,12 +55,6 @@ pub struct Store {
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Store({})", self.path.display())
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -78,12 +74,14 @@ impl Store {
                 "cannot create the directory: {e}; set [derive] scratch_dir to a writable local directory"
             ))
         })?;
-        // A file left by a killed process of the same pid is stale scratch.
         let _ = std::fs::remove_file(&path);
         let db = redb::Builder::new()
             .set_cache_size(PAGE_CACHE_BYTES)
             .create(&path)
             .map_err(|e| failed(e.to_string()))?;
+        // redb works on the open file from here on; the name is not needed.
+        #[cfg(unix)]
+        std::fs::remove_file(&path).map_err(|e| failed(e.to_string()))?;
         Ok(Arc::new(Store {
             db,
             path,
@@ -269,6 +267,47 @@ impl<K: SpillKey, V: Serialize + DeserializeOwned + Clone> Spilled<K, V> {
         }
         let store = self.store.as_ref()?;
         self.load(store, key).map(Cow::Owned)
+    }
+
+    /// The entries for `keys`, in their order, read in one transaction.
+    pub fn get_many<'a>(&'a self, keys: &[K]) -> Vec<Option<Cow<'a, V>>> {
+        let Some(store) = &self.store else {
+            return keys.iter().map(|k| self.get(k)).collect();
+        };
+        let read = || -> Result<Vec<Option<Cow<'a, V>>>, String> {
+            let txn = store.db.begin_read().map_err(|e| e.to_string())?;
+            let table = match txn.open_table(self.definition()) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.to_string()),
+            };
+            let mut out = Vec::with_capacity(keys.len());
+            let mut bytes = Vec::with_capacity(40);
+            for key in keys {
+                if let Some(held) = self.cache.get(key) {
+                    out.push(held.as_ref().map(Cow::Borrowed));
+                    continue;
+                }
+                let Some(table) = &table else {
+                    out.push(None);
+                    continue;
+                };
+                bytes.clear();
+                key.encode(&mut bytes);
+                let value = match table.get(bytes.as_slice()).map_err(|e| e.to_string())? {
+                    Some(v) => Some(Cow::Owned(postcard::from_bytes(v.value()).map_err(
+                        |e| format!("an entry of {} does not decode: {e}", self.table),
+                    )?)),
+                    None => None,
+                };
+                out.push(value);
+            }
+            Ok(out)
+        };
+        read().unwrap_or_else(|e| {
+            store.fail(e);
+            keys.iter().map(|_| None).collect()
+        })
     }
 
     /// The entry for `key`, in memory to be changed; made by `new` when there is none.
@@ -616,12 +655,18 @@ mod tests {
     }
 
     #[test]
-    fn the_store_file_goes_with_the_store() {
+    fn the_store_leaves_no_file_behind_even_while_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path()).unwrap();
-        let path = store.path.clone();
-        assert!(path.exists());
-        drop(store);
-        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut map: Spilled<PseudoId, u32> = Spilled::on(&store, "t");
+        map.insert(id(1), 7);
+        map.flush().unwrap();
+        assert_eq!(map.get(&id(1)).as_deref(), Some(&7));
+        assert_eq!(
+            map.get_many(&[id(2), id(1)]),
+            vec![None, Some(Cow::Owned(7))]
+        );
+        assert!(store.failure().is_none());
     }
 }
