@@ -73,6 +73,17 @@ pub struct DeriveConfig {
     /// How often to look for bronze commits made by other instances.
     #[serde(default = "default_derive_interval_ms")]
     pub interval_ms: u64,
+    /// A local directory for the deriver's scratch store of per-entity state
+    /// (the system's temporary directory when not set).
+    #[serde(default)]
+    pub scratch_dir: Option<PathBuf>,
+}
+
+impl DeriveConfig {
+    /// Where the deriver's scratch store goes.
+    pub fn scratch(&self) -> PathBuf {
+        self.scratch_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
 }
 
 fn default_derive_enabled() -> bool {
@@ -87,6 +98,7 @@ impl Default for DeriveConfig {
         Self {
             enabled: default_derive_enabled(),
             interval_ms: default_derive_interval_ms(),
+            scratch_dir: None,
         }
     }
 }
@@ -532,6 +544,7 @@ pub async fn run(
     let deriving = if cfg.derive.enabled {
         Some(DeriveTask::start(
             cfg.tables.location.clone(),
+            cfg.derive.scratch(),
             Duration::from_millis(cfg.derive.interval_ms),
             metrics.clone(),
         )?)
@@ -643,7 +656,9 @@ pub async fn run(
 /// Recomputes every state and gold table from the bronze table alone
 /// (`pathflow transform --rebuild`), replacing what they hold.
 pub async fn rebuild(cfg: &TransformConfig) -> Result<DeriveReport, TransformError> {
-    let mut deriver = Deriver::open(&cfg.tables.location, &HashMap::new()).await?;
+    let mut deriver =
+        Deriver::open_with_scratch(&cfg.tables.location, &HashMap::new(), &cfg.derive.scratch())
+            .await?;
     Ok(deriver.rebuild().await?)
 }
 
@@ -658,6 +673,7 @@ struct DeriveTask {
 impl DeriveTask {
     fn start(
         location: String,
+        scratch: PathBuf,
         interval: Duration,
         metrics: TransformMetrics,
     ) -> Result<Self, TransformError> {
@@ -671,7 +687,7 @@ impl DeriveTask {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(derive_loop(location, interval, metrics, w, st)),
+                    Ok(rt) => rt.block_on(derive_loop(location, scratch, interval, metrics, w, st)),
                     Err(e) => eprintln!("transform: cannot start the derive runtime: {e}"),
                 }
             })
@@ -698,9 +714,10 @@ impl DeriveTask {
 async fn derive_step(
     deriver: &mut Option<Deriver>,
     location: &str,
+    scratch: &Path,
 ) -> Result<(DeriveReport, Option<i64>), DeriveError> {
     if deriver.is_none() {
-        *deriver = Some(Deriver::open(location, &HashMap::new()).await?);
+        *deriver = Some(Deriver::open_with_scratch(location, &HashMap::new(), scratch).await?);
     }
     let Some(d) = deriver.as_mut() else {
         unreachable!("opened above");
@@ -711,6 +728,7 @@ async fn derive_step(
 
 async fn derive_loop(
     location: String,
+    scratch: PathBuf,
     interval: Duration,
     metrics: TransformMetrics,
     wake: Arc<Notify>,
@@ -719,7 +737,7 @@ async fn derive_loop(
     let mut deriver: Option<Deriver> = None;
     loop {
         let stopping = stop.load(Ordering::Acquire);
-        match derive_step(&mut deriver, &location).await {
+        match derive_step(&mut deriver, &location, &scratch).await {
             Ok((report, newest)) => metrics.derived(&report, newest),
             Err(e) => {
                 metrics.derive_failures.inc();
@@ -841,6 +859,7 @@ mod tests {
         assert_eq!(cfg.bronze_location(), "/var/lib/pathflow/tables/events");
         assert_eq!(cfg.topics()[0], "pathflow.referral");
         assert!(cfg.metrics.is_some());
+        assert_eq!(cfg.derive.scratch(), Path::new("/var/lib/pathflow/scratch"));
     }
 
     #[test]

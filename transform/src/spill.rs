@@ -586,11 +586,9 @@ mod tests {
         PseudoId::from_digest(&[n as u8; 16])
     }
 
-    fn maps() -> (
-        Spilled<PseudoId, Vec<u32>>,
-        Spilled<PseudoId, Vec<u32>>,
-        tempfile::TempDir,
-    ) {
+    type Map = Spilled<PseudoId, Vec<u32>>;
+
+    fn maps() -> (Map, Map, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path()).unwrap();
         (Spilled::in_memory(), Spilled::on(&store, "t"), dir)
