@@ -60,8 +60,10 @@ pub struct Fact<T> {
     /// The event it came from.
     pub event_id: EventId,
     /// When it happened (the event's `occurred_at`).
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub occurred_at: DateTime<Utc>,
     /// The earliest recording of the event seen.
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub recorded_at: DateTime<Utc>,
     /// Orders facts of the same instant (higher wins).
     pub rank: u8,
@@ -480,6 +482,7 @@ pub struct Booking {
     /// The slot first booked, when known.
     pub slot_id: Option<PseudoId>,
     /// The start first booked (UTC).
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub start: DateTime<Utc>,
     /// GP (with GPAD mapping) or outpatient (with pathway and contact).
     #[serde(with = "stored_kind::appointment")]
@@ -492,6 +495,7 @@ pub struct Booking {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     /// Start (UTC).
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub start: DateTime<Utc>,
     /// Slot, when known.
     pub slot_id: Option<PseudoId>,
@@ -775,6 +779,7 @@ mod stored_kind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
     /// Start (UTC).
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub start: DateTime<Utc>,
     /// Length in minutes.
     pub duration_minutes: u16,
