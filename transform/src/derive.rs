@@ -496,8 +496,6 @@ impl Deriver {
                 files
             }
         };
-        let trace = std::env::var_os("PATHFLOW_DERIVE_TRACE").is_some();
-        let t0 = Instant::now();
         let mut touched: Vec<Touched> = Vec::new();
         for path in &files {
             let events = read_events(store.as_ref(), path).await?;
@@ -541,14 +539,6 @@ impl Deriver {
             return Err(failure.into());
         }
 
-        if trace {
-            eprintln!(
-                "TRACE fold+absorb+flush {:.1} ms, {} files, {} events",
-                t0.elapsed().as_secs_f64() * 1e3,
-                files.len(),
-                report.events
-            );
-        }
         // Which tables must be written, and how much of each.
         for d in Derived::all() {
             let reflected = self.reflected_version(d).await?;
@@ -723,16 +713,7 @@ impl Deriver {
                 dirty.partitions.get(&d).cloned().unwrap_or_default()
             };
             let scope = if whole { None } else { Some(&partitions) };
-            let t1 = Instant::now();
             let done = self.replace(d, scope, &partitions, version, force).await?;
-            if std::env::var_os("PATHFLOW_DERIVE_TRACE").is_some() {
-                eprintln!(
-                    "TRACE {} {:.1} ms, {} partitions, whole {whole}, rows {done:?}",
-                    d.name(),
-                    t1.elapsed().as_secs_f64() * 1e3,
-                    partitions.len()
-                );
-            }
             if let Some(rows) = done {
                 *report.rows.entry(d.name()).or_default() += rows;
                 report.commits += 1;
