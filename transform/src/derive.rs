@@ -61,8 +61,8 @@ pub const DERIVE_APP_ID: &str = "pathflow-derive";
 const ABSORB_SLICE: usize = 20_000;
 
 /// Entities the fold keeps in memory while it reads bronze before it writes
-/// them to the store: about 25-50 MB of states.
-const IN_MEMORY_ENTITIES: usize = 50_000;
+/// them to the store: some 20 MB of states.
+const IN_MEMORY_ENTITIES: usize = 25_000;
 
 /// The partition column of the state tables.
 pub const STATE_PARTITION: &str = "anchor_week";

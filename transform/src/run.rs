@@ -519,6 +519,10 @@ pub async fn run(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // librdkafka pre-fetches up to 64 MB by default; a commit holds at
+        // most `max_rows` rows, so 16 MB ahead keeps the consumer fed at a
+        // quarter of the memory.
+        .set("queued.max.messages.kbytes", "16384")
         .set(
             "session.timeout.ms",
             cfg.kafka.session_timeout_ms.to_string(),

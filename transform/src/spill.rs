@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 
 /// The memory redb may use for its page cache (it keeps written pages in it
 /// too, up to half): the store's own share of the deriver's memory.
-const PAGE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+const PAGE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
