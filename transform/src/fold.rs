@@ -1506,39 +1506,27 @@ impl Fold {
 
     /// Every pathway, by id.
     pub fn referrals(&self) -> Vec<ReferralState> {
-        self.referrals
-            .entries()
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect()
+        self.referrals.values()
     }
 
     /// Every appointment, by id.
     pub fn appointments(&self) -> Vec<AppointmentState> {
-        self.appointments
-            .entries()
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect()
+        self.appointments.values()
     }
 
     /// Every slot, by id.
     pub fn slots(&self) -> Vec<SlotState> {
-        self.slots.entries().into_iter().map(|(_, s)| s).collect()
+        self.slots.values()
     }
 
     /// Every follow-up, by id.
     pub fn followups(&self) -> Vec<FollowupState> {
-        self.followups
-            .entries()
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect()
+        self.followups.values()
     }
 
     /// Every A&G request, by id.
     pub fn advice_requests(&self) -> Vec<AdviceState> {
-        self.advice.entries().into_iter().map(|(_, s)| s).collect()
+        self.advice.values()
     }
 
     /// Every entity, named as [`Fold::apply`] names the ones it changes.

@@ -434,6 +434,16 @@ impl<K: SpillKey, V: Serialize + DeserializeOwned + Clone> Spilled<K, V> {
         out
     }
 
+    /// Every value, in key order.
+    pub fn values(&self) -> Vec<V> {
+        let mut out = Vec::new();
+        self.visit(Bound::Unbounded, Bound::Unbounded, |_, v| {
+            out.push(v.clone());
+            true
+        });
+        out
+    }
+
     /// Calls `f` on the entries between the bounds in key order until it
     /// returns false: the store's entries merged with those in memory, which
     /// win (and hide removed ones).
