@@ -343,7 +343,7 @@ impl Deriver {
     }
 
     /// [`open`](Self::open), with the store of per-entity state made in `scratch`
-    /// (a local directory; its file is removed when the deriver is dropped).
+    /// (a local directory; the store's file is unlinked once open, see [`Store`]).
     pub async fn open_with_scratch(
         location: &str,
         storage_options: &HashMap<String, String>,
@@ -713,8 +713,7 @@ impl Deriver {
                 dirty.partitions.get(&d).cloned().unwrap_or_default()
             };
             let scope = if whole { None } else { Some(&partitions) };
-            let done = self.replace(d, scope, &partitions, version, force).await?;
-            if let Some(rows) = done {
+            if let Some(rows) = self.replace(d, scope, &partitions, version, force).await? {
                 *report.rows.entry(d.name()).or_default() += rows;
                 report.commits += 1;
             }

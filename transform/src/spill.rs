@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::NaiveDate;
 use pathflow_schemas::PseudoId;
-use redb::{ReadableDatabase, TableDefinition};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -166,6 +166,9 @@ impl SpillKey for (NaiveDate, Option<PseudoId>) {
     }
 }
 
+/// A [`Spilled`] map's table, as a read transaction opens it.
+type StoredTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
 fn key_bytes<K: SpillKey>(key: &K) -> Vec<u8> {
     let mut out = Vec::with_capacity(40);
     key.encode(&mut out);
@@ -236,28 +239,48 @@ impl<K: SpillKey, V: Serialize + DeserializeOwned + Clone> Spilled<K, V> {
         self.cache.len()
     }
 
-    fn load(&self, store: &Store, key: &K) -> Option<V> {
-        let read = || -> Result<Option<V>, String> {
+    /// The table in `txn`; `None` before anything was flushed to it.
+    fn open_in(&self, txn: &ReadTransaction) -> Result<Option<StoredTable>, String> {
+        match txn.open_table(self.definition()) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, String> {
+        postcard::from_bytes(bytes)
+            .map_err(|e| format!("an entry of {} does not decode: {e}", self.table))
+    }
+
+    /// The stored entries of `keys` (memory not consulted), read in one
+    /// transaction; a failure is recorded on the store and reads as absent.
+    fn stored(&self, store: &Store, keys: &[&K]) -> Vec<Option<V>> {
+        let read = || -> Result<Vec<Option<V>>, String> {
             let txn = store.db.begin_read().map_err(|e| e.to_string())?;
-            let table = match txn.open_table(self.definition()) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.to_string()),
+            let Some(table) = self.open_in(&txn)? else {
+                return Ok(keys.iter().map(|_| None).collect());
             };
-            let Some(bytes) = table
-                .get(key_bytes(key).as_slice())
-                .map_err(|e| e.to_string())?
-            else {
-                return Ok(None);
-            };
-            postcard::from_bytes(bytes.value())
-                .map(Some)
-                .map_err(|e| format!("an entry of {} does not decode: {e}", self.table))
+            let mut bytes = Vec::with_capacity(40);
+            keys.iter()
+                .map(|key| {
+                    bytes.clear();
+                    key.encode(&mut bytes);
+                    match table.get(bytes.as_slice()).map_err(|e| e.to_string())? {
+                        Some(v) => self.decode(v.value()).map(Some),
+                        None => Ok(None),
+                    }
+                })
+                .collect()
         };
         read().unwrap_or_else(|e| {
             store.fail(e);
-            None
+            keys.iter().map(|_| None).collect()
         })
+    }
+
+    fn load(&self, store: &Store, key: &K) -> Option<V> {
+        self.stored(store, &[key]).pop().flatten()
     }
 
     /// The entry for `key`.
@@ -269,45 +292,23 @@ impl<K: SpillKey, V: Serialize + DeserializeOwned + Clone> Spilled<K, V> {
         self.load(store, key).map(Cow::Owned)
     }
 
-    /// The entries for `keys`, in their order, read in one transaction.
+    /// The entries for `keys`, in their order; those not in memory are read
+    /// in one transaction.
     pub fn get_many<'a>(&'a self, keys: &[K]) -> Vec<Option<Cow<'a, V>>> {
         let Some(store) = &self.store else {
             return keys.iter().map(|k| self.get(k)).collect();
         };
-        let read = || -> Result<Vec<Option<Cow<'a, V>>>, String> {
-            let txn = store.db.begin_read().map_err(|e| e.to_string())?;
-            let table = match txn.open_table(self.definition()) {
-                Ok(t) => Some(t),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(e.to_string()),
-            };
-            let mut out = Vec::with_capacity(keys.len());
-            let mut bytes = Vec::with_capacity(40);
-            for key in keys {
-                if let Some(held) = self.cache.get(key) {
-                    out.push(held.as_ref().map(Cow::Borrowed));
-                    continue;
-                }
-                let Some(table) = &table else {
-                    out.push(None);
-                    continue;
-                };
-                bytes.clear();
-                key.encode(&mut bytes);
-                let value = match table.get(bytes.as_slice()).map_err(|e| e.to_string())? {
-                    Some(v) => Some(Cow::Owned(postcard::from_bytes(v.value()).map_err(
-                        |e| format!("an entry of {} does not decode: {e}", self.table),
-                    )?)),
-                    None => None,
-                };
-                out.push(value);
-            }
-            Ok(out)
-        };
-        read().unwrap_or_else(|e| {
-            store.fail(e);
-            keys.iter().map(|_| None).collect()
-        })
+        let missing: Vec<&K> = keys
+            .iter()
+            .filter(|k| !self.cache.contains_key(k))
+            .collect();
+        let mut loaded = self.stored(store, &missing).into_iter();
+        keys.iter()
+            .map(|k| match self.cache.get(k) {
+                Some(held) => held.as_ref().map(Cow::Borrowed),
+                None => loaded.next().flatten().map(Cow::Owned),
+            })
+            .collect()
     }
 
     /// The entry for `key`, in memory to be changed; made by `new` when there is none.
@@ -461,11 +462,7 @@ impl<K: SpillKey, V: Serialize + DeserializeOwned + Clone> Spilled<K, V> {
         };
         let mut scan = || -> Result<(), String> {
             let txn = store.db.begin_read().map_err(|e| e.to_string())?;
-            let table = match txn.open_table(self.definition()) {
-                Ok(t) => Some(t),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(e.to_string()),
-            };
+            let table = self.open_in(&txn)?;
             let bound = |b: Bound<&K>| match b {
                 Bound::Included(k) => Bound::Included(key_bytes(k)),
                 Bound::Excluded(k) => Bound::Excluded(key_bytes(k)),
@@ -496,9 +493,7 @@ impl<K: SpillKey, V: Serialize + DeserializeOwned + Clone> Spilled<K, V> {
                 let (k, v) = item.map_err(|e| e.to_string())?;
                 let key = K::decode(k.value())
                     .ok_or_else(|| format!("a key of {} does not decode", self.table))?;
-                let value = postcard::from_bytes(v.value())
-                    .map_err(|e| format!("an entry of {} does not decode: {e}", self.table))?;
-                Ok(Some((key, value)))
+                Ok(Some((key, self.decode(v.value())?)))
             };
             let mut pending = next_stored()?;
             loop {
