@@ -37,6 +37,30 @@ pub const APP_ID_PREFIX: &str = "pathflow-transform";
 /// with it without touching its partitions (e.g. a table property change).
 const CONFLICT_RETRIES: usize = 3;
 
+/// The commit properties of every pathflow commit on a table at `state`:
+/// the `txn` actions, and the log clean-up only on the commit that writes
+/// a checkpoint.
+///
+/// `deltalake` otherwise cleans up after every commit, and that lists and
+/// stats every file of `_delta_log`: with a commit every few seconds, a
+/// month's retention is tens of thousands of files, listed on every commit
+/// of every table. The Delta protocol cleans up when a checkpoint is
+/// written, which is what this does (the commit expected to be the
+/// checkpoint's; if a concurrent writer takes that version, the next
+/// checkpoint cleans up instead).
+pub(crate) fn commit_properties(
+    state: &deltalake::table::state::DeltaTableState,
+    txns: Vec<Transaction>,
+) -> CommitProperties {
+    use deltalake::table::config::TablePropertiesExt;
+    let config = state.table_config();
+    let next = state.version() + 1;
+    let checkpoint = (next + 1).is_multiple_of(config.checkpoint_interval().get());
+    CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_cleanup_expired_logs(Some(checkpoint && config.enable_expired_log_cleanup()))
+}
+
 /// Opens the Delta table at `location`, creating it with `schema`,
 /// partitioned by `partition_column`, when there is none. Safe against
 /// another instance creating it at the same moment.
@@ -513,12 +537,10 @@ impl BronzeWriter {
         loop {
             let before = self.version();
             let state = self.table.snapshot().map_err(|e| self.delta_err(e))?;
-            let result = CommitBuilder::from(
-                CommitProperties::default().with_application_transactions(txns.clone()),
-            )
-            .with_actions(actions.clone())
-            .build(Some(state), self.table.log_store(), operation.clone())
-            .await;
+            let result = CommitBuilder::from(commit_properties(state, txns.clone()))
+                .with_actions(actions.clone())
+                .build(Some(state), self.table.log_store(), operation.clone())
+                .await;
             match result {
                 Ok(done) => {
                     let version = done.version();

@@ -37,7 +37,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use chrono::{NaiveDate, Utc};
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::transaction::{CommitBuilder, TransactionError};
 use deltalake::kernel::{Action, Transaction, Version};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -47,7 +47,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pathflow_schemas::{Event, PseudoId, Week};
 
 use crate::bronze::{UnreadableRow, events_of};
-use crate::commit::open_or_create;
+use crate::commit::{commit_properties, open_or_create};
 use crate::fold::{Fold, Touched};
 use crate::gold::{self, Gold, GoldTable};
 use crate::rules;
@@ -460,11 +460,27 @@ impl Deriver {
     async fn step(&mut self, force: bool) -> Result<DeriveReport, DeriveError> {
         let started = Instant::now();
         let bronze_name = crate::BRONZE_TABLE;
-        self.bronze
-            .update_state()
-            .await
-            .map_err(|e| self.delta_err(bronze_name, e))?;
-        let latest = self.bronze.version();
+        let latest = match self.folded {
+            // Only the first step lists bronze's files. After it the newest
+            // version comes from the log's listing after the one folded, and
+            // its files from the new commits themselves: loading the
+            // snapshot would replay every active file, a cost that grows
+            // with history (one file or more per day of events).
+            Some(done) => Some(
+                self.bronze
+                    .log_store()
+                    .get_latest_version(done)
+                    .await
+                    .map_err(|e| self.delta_err(bronze_name, e))?,
+            ),
+            None => {
+                self.bronze
+                    .update_state()
+                    .await
+                    .map_err(|e| self.delta_err(bronze_name, e))?;
+                self.bronze.version()
+            }
+        };
         let mut report = DeriveReport {
             bronze_version: latest,
             ..DeriveReport::default()
@@ -878,11 +894,10 @@ impl Deriver {
                 partition_by: Some(vec![column.to_string()]),
                 predicate: predicate.clone(),
             };
-            let result =
-                CommitBuilder::from(CommitProperties::default().with_application_transaction(txn))
-                    .with_actions(actions)
-                    .build(Some(snapshot), table.log_store(), operation)
-                    .await;
+            let result = CommitBuilder::from(commit_properties(snapshot, vec![txn]))
+                .with_actions(actions)
+                .build(Some(snapshot), table.log_store(), operation)
+                .await;
             match result {
                 Ok(done) => {
                     let snapshot = done.snapshot();
