@@ -18,25 +18,26 @@
 //!    reused while its `dataset.json` (written last) is there.
 //! 2. **pathflow**: each query run once to warm up, then
 //!    `PATHFLOW_BENCH_QUERY_RUNS` (default 50) times; median and p99 (nearest
-//!    rank) of the wall time to a collected result. Through the HTTP endpoint
-//!    when `PATHFLOW_BENCH_QUERY_URL` (and `PATHFLOW_BENCH_QUERY_TOKEN`) name a
-//!    running `pathflow serve` over the dataset's tables ([`http_latencies`]);
-//!    otherwise directly through the DataFusion session the server uses
-//!    ([`sql_session`]).
+//!    rank) of the wall time from sending the SQL to holding the whole JSON
+//!    response ([`http_latencies`]), over HTTP to the real `pathflow serve`
+//!    started in this process over the dataset ([`BenchServer`]), or to a
+//!    running one named by `PATHFLOW_BENCH_QUERY_URL` (and
+//!    `PATHFLOW_BENCH_QUERY_TOKEN`). `PATHFLOW_BENCH_QUERY_DIRECT=1` times
+//!    DataFusion called directly, with the session setup the server uses
+//!    ([`sql_session`]), to a collected result.
 //! 3. **DuckDB**, the same SQL text over exactly the tables' current Parquet
 //!    files, the same warm-up and runs; then one table of both, with the ratio
 //!    of medians (goal: ≤ 1.0).
 //!
 //! `PATHFLOW_BENCH_QUERY_ONLY=<name>[,<name>]` runs some queries only;
 //! `PATHFLOW_BENCH_QUERY_EXPLAIN=1` prints each query's DataFusion `EXPLAIN
-//! ANALYZE` first; `PATHFLOW_BENCH_QUERY_PYTHON` (default `python3`) is the
-//! interpreter with `duckdb` (and `deltalake`, else the Delta log is read by
-//! hand).
+//! ANALYZE` first (directly, not over HTTP); `PATHFLOW_BENCH_QUERY_PYTHON`
+//! (default `python3`) is the interpreter with `duckdb` (and `deltalake`,
+//! else the Delta log is read by hand).
 //!
-//! Memory: the deriver holds every entity's folded facts, about 1.7 KB per
-//! event (4.5 GiB for 2.75 M events), so the full 1.5 M × 52-week ICB (about
-//! 40 M events) needs about 65 GiB. The build stops before deriving when
-//! `MemAvailable` is short (`PATHFLOW_BENCH_QUERY_FORCE=1` tries anyway).
+//! Memory: the deriver keeps its folded entities in its scratch store on
+//! disk, so the build's memory does not grow with the dataset; the bench
+//! reports its peak RSS.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read, Write};
@@ -56,10 +57,6 @@ use serde_json::{Value, json};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Bytes the deriver holds per event folded (its entity states keep every
-/// fact with its event id): measured, 4.5 GiB peak for 2.75 M events.
-const DERIVE_BYTES_PER_EVENT: f64 = 1_700.0;
 
 /// Events per bronze commit while the dataset is built: about what a
 /// consumer commits under load, and a bounded amount in memory at once.
@@ -289,6 +286,65 @@ fn json_rows(body: &[u8]) -> Option<usize> {
     }
 }
 
+/// `pathflow serve` over the dataset, in this process: HTTP on a free
+/// loopback port, no Postgres listener, one analyst token made up for this
+/// run, default limits, the audit log in the dataset's directory.
+struct BenchServer {
+    url: String,
+    secret: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<Result<(), pathflow_query::serve::ServeError>>,
+}
+
+impl BenchServer {
+    fn start(runtime: &tokio::runtime::Runtime, tables: &Path, dir: &Path) -> Result<Self, Error> {
+        use pathflow_query::auth::TokenHash;
+        use pathflow_query::config::TokenConfig;
+        let location = tables.to_str().ok_or("the tables location is not UTF-8")?;
+        let mut cfg = pathflow_query::ServeConfig::new(location);
+        cfg.http.listen = "127.0.0.1:0".into();
+        cfg.postgres.listen = String::new();
+        cfg.audit.path = Some(dir.join("bench-audit.jsonl"));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let secret = format!("bench-only-{}-{nanos}", std::process::id());
+        cfg.tokens = vec![TokenConfig {
+            name: "query-bench".into(),
+            hash: TokenHash::of(&secret),
+            role: pathflow_query::Role::Analyst,
+            practices: Vec::new(),
+            treatment_functions: Vec::new(),
+        }];
+        cfg.validate()?;
+        let bound = runtime.block_on(pathflow_query::serve::bind(
+            &cfg,
+            pathflow_query::metrics::QueryMetrics::new(),
+        ))?;
+        let url = format!("http://{}", bound.http_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = runtime.spawn(pathflow_query::serve::serve(bound, async move {
+            let _ = stopped.await;
+        }));
+        eprintln!("query bench: pathflow serve listening at {url}");
+        Ok(BenchServer {
+            url,
+            secret,
+            stop,
+            served,
+        })
+    }
+
+    fn stop(self, runtime: &tokio::runtime::Runtime) {
+        let _ = self.stop.send(());
+        match runtime.block_on(self.served) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("query bench: the server stopped with an error: {e}"),
+            Err(e) => eprintln!("query bench: the server task failed: {e}"),
+        }
+    }
+}
+
 // ==== end of HTTP ===========================================================
 
 /// Each query through DuckDB over the same Parquet files, by name.
@@ -357,18 +413,6 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-/// Memory available to start new work without swapping (`MemAvailable`), in bytes.
-fn mem_available_bytes() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(f64::INFINITY, |kib| kib * 1024.0)
-}
-
-/// Starts measuring the peak resident set afresh (Linux: `clear_refs` 5).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -462,22 +506,6 @@ fn build_dataset(
     let bronze_s = bronze_started.elapsed().as_secs_f64();
     let bronze_rss = peak_rss_mib();
     std::fs::remove_dir_all(&sim)?;
-
-    // The deriver keeps every entity's folded facts in memory: refuse a size
-    // that cannot fit rather than run the machine out of memory.
-    let need = events as f64 * DERIVE_BYTES_PER_EVENT;
-    let available = mem_available_bytes();
-    if need > 0.9 * available && std::env::var_os("PATHFLOW_BENCH_QUERY_FORCE").is_none() {
-        let gib = |b: f64| b / f64::from(1u32 << 30);
-        return Err(format!(
-            "deriving {events} events needs about {:.1} GiB ({DERIVE_BYTES_PER_EVENT} bytes per \
-             event, measured) and {:.1} GiB is available: lower PATHFLOW_BENCH_QUERY_POPULATION \
-             or _WEEKS, or set PATHFLOW_BENCH_QUERY_FORCE=1 to try anyway",
-            gib(need),
-            gib(available)
-        )
-        .into());
-    }
 
     reset_peak_rss();
     let derive_started = Instant::now();
@@ -659,6 +687,11 @@ fn main() -> Result<(), Error> {
         queries.retain(|q| wanted.contains(&q.name.as_str()));
     }
 
+    // Over HTTP by default, as an analyst's script would reach the tables:
+    // the real server, started here over the dataset, unless
+    // `PATHFLOW_BENCH_QUERY_URL` names one already running or
+    // `PATHFLOW_BENCH_QUERY_DIRECT=1` asks for DataFusion called directly.
+    let direct = std::env::var_os("PATHFLOW_BENCH_QUERY_DIRECT").is_some();
     let (label, ours) = match std::env::var("PATHFLOW_BENCH_QUERY_URL") {
         Ok(url) => {
             let token = std::env::var("PATHFLOW_BENCH_QUERY_TOKEN").unwrap_or_default();
@@ -667,10 +700,16 @@ fn main() -> Result<(), Error> {
                 http_latencies(&url, &token, &queries, runs)?,
             )
         }
-        Err(_) => (
+        Err(_) if direct || explain => (
             "DataFusion direct",
             datafusion_latencies(&runtime, &tables, &queries, runs, explain)?,
         ),
+        Err(_) => {
+            let server = BenchServer::start(&runtime, &tables, &dir)?;
+            let timings = http_latencies(&server.url, &server.secret, &queries, runs);
+            server.stop(&runtime);
+            ("pathflow HTTP", timings?)
+        }
     };
     let duck = duckdb_latencies(&tables, &queries_file, only.as_deref(), runs)?;
 
