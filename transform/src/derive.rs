@@ -7,9 +7,11 @@
 //! derivation can always be redone from bronze alone (`--rebuild`). Every
 //! entity's state ([`Fold`]), its gold summary and its partition live in a
 //! scratch [`Store`] on local disk with the entities in use in memory; the
-//! weekly aggregates ([`Gold`]'s rows) are in memory. Each step reads only
-//! the files the new bronze versions added and rewrites only the partitions
-//! whose rows changed:
+//! weekly aggregates ([`Gold`]'s rows) are in memory. The first step (and
+//! `--rebuild`) folds the whole bronze table bucket by bucket
+//! ([`crate::first_fold`]); each later step reads only the files the new
+//! bronze versions added and rewrites only the partitions whose rows
+//! changed:
 //!
 //! - state tables are partitioned by `anchor_week`, the Monday of the week of
 //!   the entity's anchor date (a referral's received date, an appointment's
@@ -48,6 +50,7 @@ use pathflow_schemas::{Event, PseudoId, Week};
 
 use crate::bronze::{UnreadableRow, events_of};
 use crate::commit::{commit_properties, open_or_create};
+use crate::first_fold::{self, FirstFold};
 use crate::fold::{Fold, Touched};
 use crate::gold::{self, Gold, GoldTable};
 use crate::rules;
@@ -491,6 +494,8 @@ impl Deriver {
         let store = self.bronze.log_store().object_store(None);
         let first = self.folded.is_none();
         let advanced = self.folded != Some(latest);
+        // Bronze's row count, for the first fold's number of buckets.
+        let mut rows = 0u64;
         let files: Vec<String> = match self.folded {
             None => {
                 let snapshot = self
@@ -500,7 +505,10 @@ impl Deriver {
                 snapshot
                     .log_data()
                     .iter()
-                    .map(|f| f.path().into_owned())
+                    .map(|f| {
+                        rows += rows_of(f.stats().as_deref(), f.size());
+                        f.path().into_owned()
+                    })
                     .collect()
             }
             Some(done) if done >= latest => Vec::new(),
@@ -513,19 +521,30 @@ impl Deriver {
             }
         };
         let mut touched: Vec<Touched> = Vec::new();
-        for path in &files {
-            let events = read_events(store.as_ref(), path).await?;
-            report.events += events.len();
-            for e in &events {
-                self.see(e);
-                let changed = self.fold.apply(e);
-                // On the first step every entity is new: they are listed
-                // once below rather than once per event here.
-                if !first {
-                    touched.extend(changed);
+        if first {
+            // Every entity is new: bucket the events by entity and fold
+            // each bucket whole (see `first_fold`); the entities are listed
+            // once below rather than once per event.
+            let mut buckets = FirstFold::create(&self.scratch, first_fold::buckets_for(rows))?;
+            for path in &files {
+                let events = read_events(store.as_ref(), path).await?;
+                report.events += events.len();
+                for e in &events {
+                    self.see(e);
+                    buckets.push(e)?;
                 }
-                if self.fold.in_memory_len() >= IN_MEMORY_ENTITIES {
-                    self.fold.flush()?;
+            }
+            buckets.fold_into(&mut self.fold)?;
+        } else {
+            for path in &files {
+                let events = read_events(store.as_ref(), path).await?;
+                report.events += events.len();
+                for e in &events {
+                    self.see(e);
+                    touched.extend(self.fold.apply(e));
+                    if self.fold.in_memory_len() >= IN_MEMORY_ENTITIES {
+                        self.fold.flush()?;
+                    }
                 }
             }
         }
@@ -985,6 +1004,15 @@ fn path_decoded(path: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A bronze file's row count: `numRecords` from its statistics, or a guess
+/// from its size (some 150 bytes a row) when it has none.
+fn rows_of(stats: Option<&str>, size: i64) -> u64 {
+    stats
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .and_then(|v| v.get("numRecords").and_then(serde_json::Value::as_u64))
+        .unwrap_or_else(|| u64::try_from(size).unwrap_or(0) / 150)
+}
+
 /// The events of one bronze data file.
 async fn read_events(store: &dyn ObjectStore, path: &str) -> Result<Vec<Event>, DeriveError> {
     let failed = |reason: String| DeriveError::BronzeFile {
@@ -1013,4 +1041,19 @@ async fn read_events(store: &dyn ObjectStore, path: &str) -> Result<Vec<Event>, 
         })?);
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_files_row_count_comes_from_its_statistics_or_its_size() {
+        assert_eq!(
+            rows_of(Some(r#"{"numRecords":42,"minValues":{}}"#), 9_000),
+            42
+        );
+        assert_eq!(rows_of(None, 15_000), 100);
+        assert_eq!(rows_of(Some("not json"), 1_500), 10);
+    }
 }

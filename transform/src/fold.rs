@@ -150,6 +150,13 @@ impl<T> Register<T> {
         );
     }
 
+    /// Adds every fact of `other`, as [`insert`](Self::insert) does one.
+    pub fn merge(&mut self, other: Register<T>) {
+        for fact in other.facts {
+            self.insert(fact);
+        }
+    }
+
     /// The winning (latest) fact.
     pub fn latest(&self) -> Option<&Fact<T>> {
         self.facts.iter().max_by(|a, b| a.key().cmp(&b.key()))
@@ -303,6 +310,41 @@ impl ReferralState {
             advice_conversions: Register::default(),
             orgs_seen: Register::default(),
             first_attendances: Vec::new(),
+        }
+    }
+
+    /// Adds every fact of `other` (a state of the same pathway folded from
+    /// other events). Registers are sets, so this is the state one fold of
+    /// both sets of events would hold; a first attendance both know takes
+    /// `other`'s date (the fold writes an appointment's whole contribution
+    /// each time it changes, so the later writer is the complete one).
+    fn merge(&mut self, other: ReferralState) {
+        // Destructured so a new field cannot be left out of the merge.
+        let ReferralState {
+            pathway_id: _,
+            created,
+            triage,
+            clock_starts,
+            clock_stops,
+            discharges,
+            advice_conversions,
+            orgs_seen,
+            first_attendances,
+        } = other;
+        self.created.merge(created);
+        self.triage.merge(triage);
+        self.clock_starts.merge(clock_starts);
+        self.clock_stops.merge(clock_stops);
+        self.discharges.merge(discharges);
+        self.advice_conversions.merge(advice_conversions);
+        self.orgs_seen.merge(orgs_seen);
+        for attendance in first_attendances {
+            insert_sorted_by(
+                &mut self.first_attendances,
+                attendance,
+                |(appointment, _)| appointment,
+                |held, (_, date)| held.1 = date,
+            );
         }
     }
 
@@ -1091,6 +1133,15 @@ impl AdviceState {
 
 // ---- the store ------------------------------------------------------------
 
+/// The entity an event is folded into first ([`Fold::home`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Home<'a> {
+    /// A pathway (referral events).
+    Pathway(&'a PseudoId),
+    /// An appointment, slot, follow-up or A&G request.
+    Other(&'a PseudoId),
+}
+
 /// An entity an event changed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Touched {
@@ -1453,6 +1504,71 @@ impl Fold {
             touched.push(Touched::Referral(pathway.clone()));
         }
         touched
+    }
+
+    /// The entity whose own state `event` is folded into, the key the
+    /// bucketed first fold ([`crate::first_fold`]) groups events by. An
+    /// event homed on an appointment, slot, follow-up or A&G request writes
+    /// only that entity, except for what it adds to a referral (a first
+    /// attendance, an A&G conversion); one homed on a pathway writes only
+    /// that referral.
+    pub fn home(event: &Event) -> Home<'_> {
+        match &event.payload {
+            Payload::ReferralCreated(d) => Home::Pathway(&d.pathway_id),
+            Payload::ReferralTriaged(d) => Home::Pathway(&d.pathway_id),
+            Payload::ClockStarted(d) => Home::Pathway(&d.pathway_id),
+            Payload::ClockStopped(d) => Home::Pathway(&d.pathway_id),
+            Payload::ReferralDischarged(d) => Home::Pathway(&d.pathway_id),
+            Payload::AdviceRequested(d) => Home::Other(&d.advice_id),
+            Payload::AdviceResponded(d) => Home::Other(&d.advice_id),
+            Payload::AdviceConverted(d) => Home::Other(&d.advice_id),
+            Payload::SlotPublished(d) => Home::Other(&d.slot_id),
+            Payload::SlotWithdrawn(d) => Home::Other(&d.slot_id),
+            Payload::AppointmentBooked(d) => Home::Other(&d.appointment_id),
+            Payload::AppointmentRescheduled(d) => Home::Other(&d.appointment_id),
+            Payload::AppointmentCancelled(d) => Home::Other(&d.appointment_id),
+            Payload::AppointmentAttended(d) => Home::Other(&d.appointment_id),
+            Payload::AppointmentDidNotAttend(d) => Home::Other(&d.appointment_id),
+            Payload::FollowupRequired(d) => Home::Other(&d.followup_id),
+            Payload::FollowupBooked(d) => Home::Other(&d.followup_id),
+            Payload::FollowupCompleted(d) => Home::Other(&d.followup_id),
+            Payload::FollowupCancelled(d) => Home::Other(&d.followup_id),
+        }
+    }
+
+    /// Takes the referral states held in memory (all of them, for a fold
+    /// without a store), leaving none.
+    pub fn take_referrals(&mut self) -> Vec<ReferralState> {
+        self.referrals.take_in_memory().map(|(_, r)| r).collect()
+    }
+
+    /// Merges what another fold of other events knows of a pathway into its
+    /// state: the union of both sets of facts, as if one fold had seen both
+    /// sets of events.
+    pub fn merge_referral(&mut self, other: ReferralState) {
+        let r = entry(&mut self.referrals, &other.pathway_id, ReferralState::new);
+        r.merge(other);
+    }
+
+    /// Moves every state held in memory into `into` (which keeps them in
+    /// its store from its next flush), leaving this fold empty. Entities
+    /// already in `into` are replaced, not merged.
+    pub fn move_into(&mut self, into: &mut Fold) {
+        for (k, v) in self.referrals.take_in_memory() {
+            into.referrals.insert(k, v);
+        }
+        for (k, v) in self.appointments.take_in_memory() {
+            into.appointments.insert(k, v);
+        }
+        for (k, v) in self.slots.take_in_memory() {
+            into.slots.insert(k, v);
+        }
+        for (k, v) in self.followups.take_in_memory() {
+            into.followups.insert(k, v);
+        }
+        for (k, v) in self.advice.take_in_memory() {
+            into.advice.insert(k, v);
+        }
     }
 
     /// A pathway's state.

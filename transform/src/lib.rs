@@ -23,6 +23,9 @@
 //! - [`derive`]: the [`derive::Deriver`] that follows the bronze table and
 //!   commits the state and gold tables, only the partitions that changed,
 //!   each commit saying which bronze version it reflects.
+//! - [`first_fold`]: the deriver's first step and `--rebuild`: bronze's
+//!   events spread over bucket files by entity, each bucket folded in
+//!   memory and written to the store once.
 //! - [`spill`]: the deriver's per-entity state (fold, gold summaries,
 //!   partition index) in a scratch redb file behind a bounded cache, so its
 //!   memory does not grow with the number of entities.
@@ -34,6 +37,7 @@
 pub mod bronze;
 pub mod commit;
 pub mod derive;
+pub mod first_fold;
 pub mod fold;
 pub mod gold;
 pub mod rules;

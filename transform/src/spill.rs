@@ -401,6 +401,14 @@ impl<K: SpillKey, V: Serialize + DeserializeOwned + Clone> Spilled<K, V> {
         Ok(())
     }
 
+    /// Takes every entry held in memory, in key order, leaving none (an
+    /// in-memory map is emptied; the store, if any, is not consulted).
+    pub fn take_in_memory(&mut self) -> impl Iterator<Item = (K, V)> + use<K, V> {
+        std::mem::take(&mut self.cache)
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+    }
+
     /// Up to `n` keys after `after` (from the first when `None`), in order.
     pub fn keys_after(&self, after: Option<&K>, n: usize) -> Vec<K> {
         let mut out = Vec::with_capacity(n.min(1024));
