@@ -36,6 +36,7 @@ use deltalake::DeltaTable;
 use pathflow_transform::derive::Derived;
 
 use crate::auth::{Principal, Role, Scope};
+use crate::scan::VersionFiles;
 
 /// Which layer a table belongs to; roles are granted layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -82,6 +83,18 @@ pub struct Snapshot {
     /// Rows in the version, from the Delta log's file statistics.
     pub rows: Option<u64>,
     pub provider: Arc<dyn TableProvider>,
+    /// How the provider reads the version's files.
+    pub reader: Reader,
+}
+
+/// Which provider serves a version: [`crate::scan::VersionFiles`] for the
+/// tables pathflow writes, `deltalake`'s own for anything it cannot read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reader {
+    /// Plain Parquet over the version's live files, listed once.
+    Files { files: usize },
+    /// `deltalake`'s provider, and why the plain reader was not used.
+    Delta { why: String },
 }
 
 impl Snapshot {
@@ -195,10 +208,20 @@ impl LiveTables {
             .version_timestamp(version)
             .and_then(DateTime::<Utc>::from_timestamp_millis);
         let rows = row_count(state);
-        let provider = table
+        let delta: Arc<dyn TableProvider> = table
             .table_provider()
             .await
             .map_err(deltalake::DeltaTableError::from)?;
+        let (provider, reader) =
+            match VersionFiles::try_new(table, delta.schema(), self.registrar.runtime_env()) {
+                Ok(files) => {
+                    let reader = Reader::Files {
+                        files: files.file_count(),
+                    };
+                    (Arc::new(files) as Arc<dyn TableProvider>, reader)
+                }
+                Err(why) => (delta, Reader::Delta { why }),
+            };
         let snapshot = Arc::new(Snapshot {
             name,
             layer,
@@ -206,6 +229,7 @@ impl LiveTables {
             committed_at,
             rows,
             provider,
+            reader,
         });
         self.current
             .write()

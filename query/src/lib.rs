@@ -8,6 +8,9 @@
 //! - [`catalog`]: [`catalog::LiveTables`], one committed version of each
 //!   Delta table, swapped when the transform commits; the catalog one
 //!   principal sees, scoped in the plan.
+//! - [`scan`]: [`scan::VersionFiles`], the provider each version is read
+//!   through: plain Parquet over the version's file list, listed once per
+//!   version, partition filters pruned exactly.
 //! - [`guard`]: read-only: the statements that may run at all.
 //! - [`engine`]: [`engine::Engine`] runs one query for one principal under
 //!   the limits (timeout, memory, result size, concurrency), audited and
@@ -40,6 +43,7 @@ pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod scan;
 pub mod schedule;
 pub mod serve;
 pub mod testing;

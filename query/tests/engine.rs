@@ -518,3 +518,121 @@ async fn a_commit_is_visible_within_two_seconds_and_a_query_reads_one_version() 
     let n = first.len() as i64;
     assert_eq!(read, [n, n], "both reads at the version planned");
 }
+
+/// The server reads the tables pathflow writes as plain Parquet over each
+/// version's file list (`scan.rs`); every table must answer exactly as
+/// `deltalake`'s own provider does, and a partition filter must read only
+/// its partitions' files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_reader_answers_as_deltalake_does_and_prunes_partitions() {
+    use datafusion::prelude::SessionContext;
+    use pathflow_query::catalog::{LiveTables, Reader, known_tables};
+
+    let location = shared_tables();
+    let tables = LiveTables::new(location.to_str().unwrap(), Default::default());
+    assert!(tables.reload(&mut Default::default()).await.is_empty());
+    for (name, _) in known_tables() {
+        let snapshot = tables.get(name).unwrap();
+        let Reader::Files { files } = snapshot.reader.clone() else {
+            panic!("{name} is read by deltalake: {:?}", snapshot.reader);
+        };
+        let url = deltalake::ensure_table_uri(location.join(name).to_str().unwrap()).unwrap();
+        let mut table = deltalake::DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .build()
+            .unwrap();
+        table.load().await.unwrap();
+        assert_eq!(table.version(), Some(snapshot.version));
+        let ctx = SessionContext::new_with_config_rt(Default::default(), tables.runtime());
+        table.update_datafusion_session(&ctx.state()).unwrap();
+        ctx.register_table("delta", table.table_provider().await.unwrap())
+            .unwrap();
+        ctx.register_table("plain", std::sync::Arc::clone(&snapshot.provider))
+            .unwrap();
+        let one = |sql: String| {
+            let ctx = ctx.clone();
+            async move {
+                let batches = ctx
+                    .sql(&sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                    .collect()
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                arrow::util::pretty::pretty_format_batches(&batches)
+                    .unwrap()
+                    .to_string()
+            }
+        };
+        assert_eq!(
+            snapshot.provider.schema(),
+            ctx.table_provider("delta").await.unwrap().schema(),
+            "{name}: schema"
+        );
+        let column = name_of_partition(name);
+        // Rows both ways (EXCEPT is distinct, so counts are compared too).
+        let counts = one(
+            "SELECT (SELECT count(*) FROM delta) AS d, (SELECT count(*) FROM plain) AS p, \
+             (SELECT count(*) FROM (SELECT * FROM delta EXCEPT SELECT * FROM plain)) AS only_d, \
+             (SELECT count(*) FROM (SELECT * FROM plain EXCEPT SELECT * FROM delta)) AS only_p"
+                .to_string(),
+        )
+        .await;
+        let values: Vec<&str> = counts
+            .lines()
+            .nth(3)
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(values[1], values[2], "{name}: row counts\n{counts}");
+        assert_eq!(&values[3..5], &["0", "0"], "{name}: rows differ\n{counts}");
+        assert_ne!(values[1], "0", "{name} has rows");
+
+        // The busiest partition, filtered by its value (qualified, as a
+        // query may write it): the same answer, from that partition's files.
+        let top = one(format!(
+            "SELECT CAST({column} AS VARCHAR) AS v FROM delta GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
+        ))
+        .await;
+        let value = top
+            .lines()
+            .nth(3)
+            .unwrap()
+            .trim_matches(|c| c == '|' || c == ' ');
+        for filter in [
+            format!("plain.{column} = DATE '{value}'"),
+            format!("{column} >= DATE '{value}'"),
+        ] {
+            let q = |t: &str| {
+                format!(
+                    "SELECT {column}, count(*) AS n FROM {t} WHERE {} GROUP BY 1 ORDER BY 1",
+                    filter.replace("plain.", &format!("{t}."))
+                )
+            };
+            assert_eq!(
+                one(q("plain")).await,
+                one(q("delta")).await,
+                "{name}: {filter}"
+            );
+        }
+        let plan = one(format!(
+            "EXPLAIN SELECT * FROM plain WHERE {column} = DATE '{value}'"
+        ))
+        .await;
+        let read = plan.matches(".parquet").count();
+        assert!(read >= 1, "{name}: {plan}");
+        assert!(
+            read < files || files == 1,
+            "{name}: {read} of {files} files read for one partition\n{plan}"
+        );
+    }
+}
+
+fn name_of_partition(table: &str) -> &'static str {
+    match table {
+        "events" => "event_date",
+        "demand_weekly" | "capacity_weekly" | "waits_weekly" | "followups_weekly" => "week",
+        _ => "anchor_week",
+    }
+}
