@@ -207,20 +207,20 @@ impl LiveTables {
         let committed_at = state
             .version_timestamp(version)
             .and_then(DateTime::<Utc>::from_timestamp_millis);
-        let rows = row_count(state);
         let delta: Arc<dyn TableProvider> = table
             .table_provider()
             .await
             .map_err(deltalake::DeltaTableError::from)?;
-        let (provider, reader) =
+        let (provider, reader, rows) =
             match VersionFiles::try_new(table, delta.schema(), self.registrar.runtime_env()) {
                 Ok(files) => {
                     let reader = Reader::Files {
                         files: files.file_count(),
                     };
-                    (Arc::new(files) as Arc<dyn TableProvider>, reader)
+                    let rows = files.rows();
+                    (Arc::new(files) as Arc<dyn TableProvider>, reader, rows)
                 }
-                Err(why) => (delta, Reader::Delta { why }),
+                Err(why) => (delta, Reader::Delta { why }, row_count(state)),
             };
         let snapshot = Arc::new(Snapshot {
             name,

@@ -44,17 +44,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use deltalake::DeltaTable;
-
-/// One live file of the version.
-#[derive(Debug, Clone)]
-struct LiveFile {
-    /// Relative to the table root, URL-decoded.
-    path: String,
-    size: u64,
-    partition: ScalarValue,
-    /// `numRecords` from the file's statistics in the log.
-    rows: Option<usize>,
-}
+use pathflow_transform::commit::num_records;
 
 /// A provider over the live files of one version of one table.
 #[derive(Debug)]
@@ -69,7 +59,14 @@ pub struct VersionFiles {
     /// (`file_schema` then the partition column).
     scan_index: Vec<usize>,
     store: ObjectStoreUrl,
-    files: Vec<LiveFile>,
+    /// The live files, built once per version: path relative to the table
+    /// root, size, partition value, and `numRecords` as exact statistics.
+    files: Vec<PartitionedFile>,
+    /// Each file's partition value, in `files` order: what partition
+    /// filters are evaluated on.
+    partition_values: RecordBatch,
+    /// Rows in the version; `None` if a file's statistics lack it.
+    rows: Option<usize>,
 }
 
 impl VersionFiles {
@@ -118,29 +115,48 @@ impl VersionFiles {
             })
             .collect();
 
+        let unknown = Statistics::new_unknown(&file_schema);
         let mut files = Vec::new();
+        let mut values = Vec::new();
+        let mut rows = Some(0usize);
         for file in state.log_data().iter() {
-            let raw = file.path();
-            if raw.contains("://") || raw.starts_with('/') {
-                return Err(format!("file {raw} is outside the table root"));
+            let path = file.path();
+            if path.contains("://") || path.starts_with('/') {
+                return Err(format!("file {path} is outside the table root"));
             }
             let value = file
                 .partition_values_map()
                 .get(partition_name.as_str())
                 .cloned()
                 .flatten();
-            let partition = match value {
+            let value = match value {
                 Some(v) => ScalarValue::try_from_string(v, partition.data_type()),
                 None => ScalarValue::try_from(partition.data_type()),
             }
-            .map_err(|e| format!("partition value of {raw}: {e}"))?;
-            files.push(LiveFile {
-                path: raw.into_owned(),
-                size: u64::try_from(file.size()).unwrap_or(0),
-                partition,
-                rows: file.stats().as_deref().and_then(num_records),
-            });
+            .map_err(|e| format!("partition value of {path}: {e}"))?;
+            let size = u64::try_from(file.size()).unwrap_or(0);
+            let file_rows = file
+                .stats()
+                .as_deref()
+                .and_then(num_records)
+                .and_then(|n| usize::try_from(n).ok());
+            rows = rows.zip(file_rows).map(|(t, r)| t + r);
+            let mut stats = unknown.clone();
+            stats.num_rows = rows_precision(file_rows);
+            stats.total_byte_size = Precision::Inexact(usize::try_from(size).unwrap_or(0));
+            files.push(
+                PartitionedFile::new(path.into_owned(), size)
+                    .with_partition_values(vec![value.clone()])
+                    .with_statistics(Arc::new(stats)),
+            );
+            values.push(value);
         }
+        let values = ScalarValue::iter_to_array(values).map_err(|e| e.to_string())?;
+        let partition_values = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Arc::clone(&partition)])),
+            vec![values],
+        )
+        .map_err(|e| e.to_string())?;
 
         // The store is scoped to the table root and keyed by the table's
         // location, so tables of two locations never share one.
@@ -156,6 +172,8 @@ impl VersionFiles {
             scan_index,
             store,
             files,
+            partition_values,
+            rows,
         })
     }
 
@@ -164,12 +182,18 @@ impl VersionFiles {
         self.files.len()
     }
 
+    /// Rows in the version, from the files' statistics in the log; `None`
+    /// if any file lacks them.
+    pub fn rows(&self) -> Option<u64> {
+        self.rows.map(|r| r as u64)
+    }
+
     fn is_partition_filter(&self, filter: &Expr) -> bool {
         expr_applicable_for_cols(&[self.partition.name().as_str()], filter)
     }
 
     /// The files whose partition value satisfies every partition filter.
-    fn pruned(&self, state: &dyn Session, filters: &[Expr]) -> DfResult<Vec<&LiveFile>> {
+    fn pruned(&self, state: &dyn Session, filters: &[Expr]) -> DfResult<Vec<&PartitionedFile>> {
         let partition_filters: Vec<Expr> = filters
             .iter()
             .filter(|f| self.is_partition_filter(f))
@@ -178,12 +202,10 @@ impl VersionFiles {
         let Some(predicate) = conjunction(partition_filters) else {
             return Ok(self.files.iter().collect());
         };
-        let schema = Arc::new(Schema::new(vec![Arc::clone(&self.partition)]));
-        let values = ScalarValue::iter_to_array(self.files.iter().map(|f| f.partition.clone()))?;
-        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![values])?;
-        let df_schema = DFSchema::try_from(schema)?;
+        let batch = &self.partition_values;
+        let df_schema = DFSchema::try_from(batch.schema())?;
         let predicate = state.create_physical_expr(predicate, &df_schema)?;
-        let keep = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
+        let keep = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
         let keep = keep
             .as_any()
             .downcast_ref::<BooleanArray>()
@@ -236,20 +258,13 @@ impl TableProvider for VersionFiles {
             let projected = project_schema(&self.schema, projection)?;
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        let unknown = Statistics::new_unknown(&self.file_schema);
-        let mut total_rows = Some(0usize);
-        let partitioned: Vec<PartitionedFile> = files
-            .iter()
-            .map(|f| {
-                total_rows = total_rows.zip(f.rows).map(|(t, r)| t + r);
-                let mut stats = unknown.clone();
-                stats.num_rows = rows_precision(f.rows);
-                stats.total_byte_size = Precision::Inexact(f.size as usize);
-                PartitionedFile::new(f.path.clone(), f.size)
-                    .with_partition_values(vec![f.partition.clone()])
-                    .with_statistics(Arc::new(stats))
-            })
-            .collect();
+        let total_rows = files.iter().try_fold(0usize, |total, f| {
+            f.statistics
+                .as_ref()
+                .and_then(|s| s.num_rows.get_value().copied())
+                .map(|r| total + r)
+        });
+        let partitioned: Vec<PartitionedFile> = files.into_iter().cloned().collect();
         let mut table_stats = Statistics::new_unknown(&self.schema);
         table_stats.num_rows = rows_precision(total_rows);
         // The scan's own column order: the files' columns, then the partition.
@@ -285,15 +300,6 @@ impl TableProvider for VersionFiles {
 
 fn rows_precision(rows: Option<usize>) -> Precision<usize> {
     rows.map_or(Precision::Absent, Precision::Exact)
-}
-
-/// `numRecords` of a file's statistics (the JSON the Delta log carries).
-fn num_records(stats: &str) -> Option<usize> {
-    let value: serde_json::Value = serde_json::from_str(stats).ok()?;
-    value
-        .get("numRecords")?
-        .as_u64()
-        .and_then(|n| usize::try_from(n).ok())
 }
 
 /// `expr` with its columns unqualified: the pruning batch has one column

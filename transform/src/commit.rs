@@ -102,6 +102,15 @@ pub(crate) async fn open_or_create(
     }
 }
 
+/// `numRecords` of a data file's statistics (the JSON an add action carries
+/// in the Delta log); `None` when the statistics are absent or lack it.
+pub fn num_records(stats: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(stats)
+        .ok()?
+        .get("numRecords")?
+        .as_u64()
+}
+
 /// The `txn` application id of one partition for one consumer group:
 /// `pathflow-transform:<group>:<topic>:<partition>`.
 pub fn app_id(group: &str, topic: &str, partition: i32) -> String {

@@ -1008,8 +1008,7 @@ fn path_decoded(path: &str) -> String {
 /// from its size (some 150 bytes a row) when it has none.
 fn rows_of(stats: Option<&str>, size: i64) -> u64 {
     stats
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-        .and_then(|v| v.get("numRecords").and_then(serde_json::Value::as_u64))
+        .and_then(crate::commit::num_records)
         .unwrap_or_else(|| u64::try_from(size).unwrap_or(0) / 150)
 }
 
