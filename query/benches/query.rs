@@ -31,7 +31,8 @@
 //!
 //! `PATHFLOW_BENCH_QUERY_ONLY=<name>[,<name>]` runs some queries only;
 //! `PATHFLOW_BENCH_QUERY_EXPLAIN=1` prints each query's DataFusion `EXPLAIN
-//! ANALYZE` first (directly, not over HTTP); `PATHFLOW_BENCH_QUERY_PYTHON`
+//! ANALYZE` first (through the server, or the direct session with
+//! `PATHFLOW_BENCH_QUERY_DIRECT=1`); `PATHFLOW_BENCH_QUERY_PYTHON`
 //! (default `python3`) is the interpreter with `duckdb` (and `deltalake`,
 //! else the Delta log is read by hand).
 //!
@@ -266,6 +267,52 @@ fn http_latencies(
     Ok(out)
 }
 
+/// Each query's `EXPLAIN ANALYZE` through the server, to stderr: the plan
+/// the server runs (its own table providers and session), not the direct
+/// session's.
+fn http_explain(base_url: &str, token: &str, queries: &[Query]) -> Result<(), Error> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let url = format!("{}/v1/sql", base_url.trim_end_matches('/'));
+    for q in queries {
+        // Once first, so the plan shows warm caches as the timed runs see them.
+        client
+            .post(&url)
+            .bearer_auth(token)
+            .header("content-type", "application/sql")
+            .body(q.sql.clone())
+            .send()?
+            .bytes()?;
+        let response = client
+            .post(&url)
+            .bearer_auth(token)
+            .header("content-type", "application/sql")
+            .body(format!("EXPLAIN ANALYZE {}", q.sql))
+            .send()?;
+        let status = response.status();
+        let body: Value = serde_json::from_slice(&response.bytes()?)?;
+        if !status.is_success() {
+            return Err(format!("explain {}: HTTP {status}: {body}", q.name).into());
+        }
+        let rows = match &body {
+            Value::Array(rows) => rows.clone(),
+            Value::Object(o) => o
+                .get("rows")
+                .or_else(|| o.get("data"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        eprintln!("query bench: explain {}", q.name);
+        for row in rows {
+            eprintln!("{}", row["plan"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
 /// The rows of a JSON response, whichever of the usual shapes it has: an
 /// array of rows, `{"rows": [...]}` or `{"data": [...]}`, or one object per line.
 fn json_rows(body: &[u8]) -> Option<usize> {
@@ -316,6 +363,22 @@ impl BenchServer {
             practices: Vec::new(),
             treatment_functions: Vec::new(),
         }];
+        // `PATHFLOW_BENCH_QUERY_SET="key=value;key=value"`: the server's
+        // `[datafusion]` options to try.
+        if let Ok(settings) = std::env::var("PATHFLOW_BENCH_QUERY_SET") {
+            for setting in settings.split(';').filter(|s| !s.trim().is_empty()) {
+                let (key, value) = setting
+                    .split_once('=')
+                    .ok_or("PATHFLOW_BENCH_QUERY_SET: key=value")?;
+                eprintln!(
+                    "query bench: [datafusion] {} = {}",
+                    key.trim(),
+                    value.trim()
+                );
+                cfg.datafusion
+                    .insert(key.trim().into(), value.trim().into());
+            }
+        }
         cfg.validate()?;
         let bound = runtime.block_on(pathflow_query::serve::bind(
             &cfg,
@@ -700,13 +763,18 @@ fn main() -> Result<(), Error> {
                 http_latencies(&url, &token, &queries, runs)?,
             )
         }
-        Err(_) if direct || explain => (
+        Err(_) if direct => (
             "DataFusion direct",
             datafusion_latencies(&runtime, &tables, &queries, runs, explain)?,
         ),
         Err(_) => {
             let server = BenchServer::start(&runtime, &tables, &dir)?;
-            let timings = http_latencies(&server.url, &server.secret, &queries, runs);
+            let explained = match explain {
+                true => http_explain(&server.url, &server.secret, &queries),
+                false => Ok(()),
+            };
+            let timings = explained
+                .and_then(|()| http_latencies(&server.url, &server.secret, &queries, runs));
             server.stop(&runtime);
             ("pathflow HTTP", timings?)
         }

@@ -44,6 +44,7 @@ use crate::config::{Limits, ServeConfig};
 use crate::error::QueryError;
 use crate::guard;
 use crate::metrics::QueryMetrics;
+use crate::rewrite::ConditionalAggregates;
 
 /// Which door a query came in by, for metrics and the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +129,10 @@ impl Engine {
         tables: Arc<LiveTables>,
         metrics: QueryMetrics,
     ) -> std::io::Result<Arc<Self>> {
-        let config = SessionConfig::new()
+        let options = cfg
+            .session_options()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let config = SessionConfig::from(options)
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG, PUBLIC_SCHEMA);
@@ -139,8 +143,10 @@ impl Engine {
             .build();
         let mut rules = base.physical_optimizers().to_vec();
         rules.push(Arc::new(YieldInJoins));
+        let logical = ConditionalAggregates::placed_in(base.optimizers().to_vec());
         let base = SessionStateBuilder::new_from_existing(base)
             .with_physical_optimizer_rules(rules)
+            .with_optimizer_rules(logical)
             .build();
         Ok(Arc::new(Engine {
             tokens: Tokens::new(&cfg.tokens),

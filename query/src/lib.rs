@@ -11,6 +11,8 @@
 //! - [`scan`]: [`scan::VersionFiles`], the provider each version is read
 //!   through: plain Parquet over the version's file list, listed once per
 //!   version, partition filters pruned exactly.
+//! - [`rewrite`]: plan rewrites added to DataFusion's optimizer
+//!   (conditional sums and counts as `FILTER`).
 //! - [`guard`]: read-only: the statements that may run at all.
 //! - [`engine`]: [`engine::Engine`] runs one query for one principal under
 //!   the limits (timeout, memory, result size, concurrency), audited and
@@ -43,6 +45,7 @@ pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod rewrite;
 pub mod scan;
 pub mod schedule;
 pub mod serve;

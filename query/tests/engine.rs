@@ -636,3 +636,79 @@ fn name_of_partition(table: &str) -> &'static str {
         _ => "anchor_week",
     }
 }
+
+/// The query bench's dashboard queries (`benches/queries.sql`) give the
+/// same rows through the engine, whose optimizer turns their conditional
+/// sums into `FILTER`s, as through a plain DataFusion session over the same
+/// table versions.
+#[tokio::test]
+async fn the_dashboard_queries_answer_as_written_after_the_engines_rewrites() {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    use datafusion::prelude::SessionContext;
+    use pathflow_query::catalog::known_tables;
+
+    let location = shared_tables();
+    let tokens = vec![token("analyst", ANALYST, Role::Analyst, &[], &[])];
+    let (engine, reloader) = engine(location, tokens, |_| {}).await;
+    let analyst = who(&engine, ANALYST);
+    let plain = SessionContext::new_with_config_rt(Default::default(), engine.tables().runtime());
+    for (name, _) in known_tables() {
+        let snapshot = engine.tables().get(name).unwrap();
+        plain
+            .register_table(name, std::sync::Arc::clone(&snapshot.provider))
+            .unwrap();
+    }
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/queries.sql"))
+            .unwrap();
+    // Each query runs from its `-- name: ` line to the next.
+    let mut queries: Vec<(&str, String)> = Vec::new();
+    for line in text.lines() {
+        match (line.strip_prefix("-- name: "), queries.last_mut()) {
+            (Some(name), _) => queries.push((name.trim(), String::new())),
+            (None, Some((_, sql))) => {
+                sql.push_str(line);
+                sql.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    for (_, sql) in &mut queries {
+        *sql = sql.trim().trim_end_matches(';').to_string();
+    }
+    assert!(queries.len() >= 10, "{} queries", queries.len());
+    let options = FormatOptions::default().with_null("");
+    let (mut rewritten, mut answered) = (0, 0);
+    for (name, sql) in &queries {
+        let ours = run(&engine, &analyst, sql).await;
+        let batches = plain.sql(sql).await.unwrap().collect().await.unwrap();
+        let mut theirs = Vec::new();
+        for batch in &batches {
+            let formatters: Vec<_> = batch
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+                .collect();
+            for r in 0..batch.num_rows() {
+                let cells: Vec<String> =
+                    formatters.iter().map(|f| f.value(r).to_string()).collect();
+                theirs.push(cells.join("|"));
+            }
+        }
+        theirs.sort();
+        assert_eq!(ours, theirs, "{name}");
+        // (The test tables hold 6 weeks: the last-quarter queries are empty.)
+        answered += usize::from(!ours.is_empty());
+        let plan = run(&engine, &analyst, &format!("EXPLAIN {sql}"))
+            .await
+            .join("\n");
+        if plan.contains("FILTER (WHERE") {
+            rewritten += 1;
+        }
+    }
+    // referral_demand_by_practice, gp_dna_rate_by_practice,
+    // overdue_followups_now, long_waiters_by_specialty, advice_and_guidance.
+    assert!(rewritten >= 5, "{rewritten} queries ran with FILTER");
+    assert!(answered >= 10, "{answered} queries had rows");
+    reloader.abort();
+}
