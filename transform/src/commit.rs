@@ -16,9 +16,10 @@ use arrow::array::{Array, Int32Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::{
-    CommitBuilder, CommitConflictError, CommitProperties, TransactionError,
+    CommitBuilder, CommitConflictError, CommitData, CommitProperties, TransactionError,
 };
 use deltalake::kernel::{Action, Add, StructType, Transaction, Version};
+use deltalake::logstore::CommitOrBytes;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ensure_table_uri};
@@ -59,6 +60,68 @@ pub(crate) fn commit_properties(
     CommitProperties::default()
         .with_application_transactions(txns)
         .with_cleanup_expired_logs(Some(checkpoint && config.enable_expired_log_cleanup()))
+}
+
+/// What [`append_direct`] did with a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// The commit is the table's version `version`.
+    Written,
+    /// Another writer holds that version: re-read the table and decide again.
+    Taken,
+    /// Not written: the version is due a checkpoint (or the log store cannot
+    /// put-if-absent). Commit through deltalake, which writes the checkpoint.
+    ThroughDeltalake,
+}
+
+/// Writes `actions`, `txns` and a `commitInfo` for `operation` as version
+/// `version` of a table in one put-if-absent of `_delta_log/<version>.json`,
+/// when the writer's view of the table is at `version - 1`.
+///
+/// This is the commit deltalake's `CommitBuilder` makes on an uncontended
+/// table, minus what follows it: the post-commit update of the in-memory
+/// snapshot, which merges the commit into the list of every active file
+/// (tens of microseconds per file, so it grows with the table's history),
+/// and the log listing that finds the latest version. A writer that knows
+/// its version and tracks what it needs itself (offsets, files by
+/// partition) needs neither. Put-if-absent is what makes it safe: if any
+/// other writer committed since, `version` exists and the answer is
+/// [`Direct::Taken`]; nothing is written. Versions that are due a checkpoint
+/// go through deltalake ([`Direct::ThroughDeltalake`]), so the log is
+/// checkpointed and cleaned up as before.
+pub(crate) async fn append_direct(
+    log_store: &dyn deltalake::logstore::LogStore,
+    checkpoint_interval: u64,
+    version: Version,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    txns: Vec<Transaction>,
+) -> Result<Direct, DeltaTableError> {
+    // Stores that commit by copy-if-absent of a temporary file (not by a
+    // conditional put) keep deltalake's own path.
+    if (version + 1).is_multiple_of(checkpoint_interval) || log_store.name() != "DefaultLogStore" {
+        return Ok(Direct::ThroughDeltalake);
+    }
+    let data = CommitData::new(actions, operation, HashMap::new(), txns);
+    let bytes = data.get_bytes()?;
+    match log_store
+        .write_commit_entry(
+            version,
+            CommitOrBytes::LogBytes(bytes),
+            uuid::Uuid::new_v4(),
+        )
+        .await
+    {
+        Ok(()) => Ok(Direct::Written),
+        Err(TransactionError::VersionAlreadyExists(_)) => Ok(Direct::Taken),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The checkpoint interval of a table (`delta.checkpointInterval`, 100 by default).
+pub(crate) fn checkpoint_interval(state: &deltalake::table::state::DeltaTableState) -> u64 {
+    use deltalake::table::config::TablePropertiesExt;
+    state.table_config().checkpoint_interval().get()
 }
 
 /// Opens the Delta table at `location`, creating it with `schema`,
@@ -316,7 +379,11 @@ impl Staged {
 /// the table version it holds; that cache is what a new batch is checked
 /// against, and deltalake's conflict check covers any commit made after it.
 pub struct BronzeWriter {
+    /// The table as last loaded; behind `version` by the commits this
+    /// writer made directly since (see [`append_direct`]).
     table: DeltaTable,
+    /// The newest version this writer knows: the one loaded or its own last commit.
+    version: Version,
     location: String,
     group: String,
     committed: BTreeMap<TopicPartition, Option<i64>>,
@@ -351,6 +418,7 @@ impl BronzeWriter {
             return Err(CommitError::WrongPartitioning { location, found });
         }
         Ok(Self {
+            version: table.version().unwrap_or_default(),
             table,
             location,
             group: config.group.clone(),
@@ -365,14 +433,31 @@ impl BronzeWriter {
         }
     }
 
-    /// The table as this writer last read or committed it.
-    pub fn table(&self) -> &DeltaTable {
-        &self.table
+    /// The table version this writer holds: the one it last read, or its own last commit.
+    pub fn version(&self) -> Version {
+        self.version
     }
 
-    /// The table version this writer holds.
-    pub fn version(&self) -> Version {
-        self.table.version().unwrap_or_default()
+    /// Re-reads the table at its newest version.
+    async fn reload(&mut self) -> Result<(), CommitError> {
+        self.table
+            .update_state()
+            .await
+            .map_err(|e| self.delta_err(e))?;
+        self.version = self.table.version().unwrap_or_default();
+        Ok(())
+    }
+
+    /// Brings the loaded table up to this writer's own commits, for the
+    /// reads and commits that go through deltalake.
+    async fn sync(&mut self) -> Result<(), CommitError> {
+        if self.table.version() != Some(self.version) {
+            self.table
+                .update_incremental(Some(self.version))
+                .await
+                .map_err(|e| self.delta_err(e))?;
+        }
+        Ok(())
     }
 
     /// The consumer group whose offsets this writer commits.
@@ -387,10 +472,7 @@ impl BronzeWriter {
         &mut self,
         partitions: impl IntoIterator<Item = TopicPartition>,
     ) -> Result<BTreeMap<TopicPartition, ResumeAt>, CommitError> {
-        self.table
-            .update_state()
-            .await
-            .map_err(|e| self.delta_err(e))?;
+        self.reload().await?;
         let wanted: Vec<TopicPartition> = partitions.into_iter().collect();
         // The table moved (maybe): every cached offset is re-read with it.
         let all: Vec<TopicPartition> = self
@@ -417,6 +499,7 @@ impl BronzeWriter {
         &mut self,
         partitions: impl IntoIterator<Item = TopicPartition>,
     ) -> Result<(), CommitError> {
+        self.sync().await?;
         let log_store = self.table.log_store();
         for (topic, partition) in partitions {
             let id = app_id(&self.group, &topic, partition);
@@ -543,8 +626,53 @@ impl BronzeWriter {
         };
 
         let mut attempts = 0;
+        // After a conflict the retry goes through deltalake, whose conflict
+        // check reads the winning commits.
+        let mut direct = true;
         loop {
             let before = self.version();
+            if direct {
+                let interval =
+                    checkpoint_interval(self.table.snapshot().map_err(|e| self.delta_err(e))?);
+                let written = append_direct(
+                    self.table.log_store().as_ref(),
+                    interval,
+                    before + 1,
+                    actions.clone(),
+                    operation.clone(),
+                    txns.clone(),
+                )
+                .await
+                .map_err(|e| self.delta_err(e))?;
+                match written {
+                    Direct::Written => {
+                        // Nobody committed in between (the version was free):
+                        // the cache moves by exactly our offsets.
+                        self.version = before + 1;
+                        for (tp, &o) in &staged.offsets {
+                            self.committed.insert(tp.clone(), Some(o));
+                        }
+                        return Ok(CommitInfo {
+                            version: self.version,
+                            rows: staged.rows,
+                            files: staged.adds.len(),
+                            offsets: staged.offsets,
+                        });
+                    }
+                    Direct::Taken => {
+                        self.after_conflict(&staged.offsets, &expected).await?;
+                        attempts += 1;
+                        if attempts > CONFLICT_RETRIES {
+                            return Err(
+                                self.delta_err(DeltaTableError::VersionAlreadyExists(before + 1))
+                            );
+                        }
+                        direct = false;
+                        continue;
+                    }
+                    Direct::ThroughDeltalake => self.sync().await?,
+                }
+            }
             let state = self.table.snapshot().map_err(|e| self.delta_err(e))?;
             let result = CommitBuilder::from(commit_properties(state, txns.clone()))
                 .with_actions(actions.clone())
@@ -554,6 +682,7 @@ impl BronzeWriter {
                 Ok(done) => {
                     let version = done.version();
                     self.table.state = Some(done.snapshot());
+                    self.version = version;
                     if version == before + 1 {
                         // Nobody committed in between: the cache moves by exactly our offsets.
                         for (tp, &o) in &staged.offsets {
@@ -575,30 +704,7 @@ impl BronzeWriter {
                 Err(DeltaTableError::Transaction {
                     source: TransactionError::CommitConflict(conflict),
                 }) => {
-                    self.table
-                        .update_state()
-                        .await
-                        .map_err(|e| self.delta_err(e))?;
-                    let all: Vec<TopicPartition> = self.committed.keys().cloned().collect();
-                    self.refresh(all).await?;
-                    let moved: Vec<MovedPartition> = staged
-                        .offsets
-                        .iter()
-                        .filter_map(|(tp, &attempted)| {
-                            let found = self.committed.get(tp).copied().flatten();
-                            let expected = expected.get(tp).copied().flatten();
-                            (found != expected).then(|| MovedPartition {
-                                topic: tp.0.clone(),
-                                partition: tp.1,
-                                expected,
-                                found,
-                                attempted,
-                            })
-                        })
-                        .collect();
-                    if !moved.is_empty() {
-                        return Err(CommitError::Conflict { moved });
-                    }
+                    self.after_conflict(&staged.offsets, &expected).await?;
                     attempts += 1;
                     if attempts > CONFLICT_RETRIES
                         || matches!(conflict, CommitConflictError::ConcurrentTransaction)
@@ -609,9 +715,43 @@ impl BronzeWriter {
                     }
                     // Our partitions are untouched: the same files commit safely on
                     // top of the new version.
+                    direct = false;
                 }
                 Err(e) => return Err(self.delta_err(e)),
             }
+        }
+    }
+
+    /// After another writer's commit won: re-reads the table and every
+    /// tracked partition's offset, and fails with [`CommitError::Conflict`]
+    /// if any of the partitions being committed moved from what the batch
+    /// was checked against (`expected`).
+    async fn after_conflict(
+        &mut self,
+        offsets: &Offsets,
+        expected: &BTreeMap<TopicPartition, Option<i64>>,
+    ) -> Result<(), CommitError> {
+        self.reload().await?;
+        let all: Vec<TopicPartition> = self.committed.keys().cloned().collect();
+        self.refresh(all).await?;
+        let moved: Vec<MovedPartition> = offsets
+            .iter()
+            .filter_map(|(tp, &attempted)| {
+                let found = self.committed.get(tp).copied().flatten();
+                let expected = expected.get(tp).copied().flatten();
+                (found != expected).then(|| MovedPartition {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    expected,
+                    found,
+                    attempted,
+                })
+            })
+            .collect();
+        if moved.is_empty() {
+            Ok(())
+        } else {
+            Err(CommitError::Conflict { moved })
         }
     }
 }

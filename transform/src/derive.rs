@@ -39,8 +39,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use chrono::{NaiveDate, Utc};
-use deltalake::kernel::transaction::{CommitBuilder, TransactionError};
-use deltalake::kernel::{Action, Transaction, Version};
+use deltalake::kernel::{Transaction, Version};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path as StorePath};
@@ -49,7 +48,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pathflow_schemas::{Event, PseudoId, Week};
 
 use crate::bronze::{UnreadableRow, events_of};
-use crate::commit::{commit_properties, open_or_create};
+use crate::commit::open_or_create;
+use crate::derived_table::{DerivedTable, Scope};
 use crate::first_fold::{self, FirstFold};
 use crate::fold::{Fold, Touched};
 use crate::gold::{self, Gold, GoldTable};
@@ -319,7 +319,7 @@ pub struct Deriver {
     scratch: PathBuf,
     store: Arc<Store>,
     bronze: DeltaTable,
-    tables: BTreeMap<Derived, DeltaTable>,
+    tables: BTreeMap<Derived, DerivedTable>,
     fold: Fold,
     gold: Gold,
     /// The newest event date folded in (UK date of the earlier of occurred and recorded).
@@ -385,6 +385,13 @@ impl Deriver {
                 location: at(d.name()),
                 source,
             })?;
+            let table = DerivedTable::new(table, d.partition_column())
+                .await
+                .map_err(|source| DeriveError::Delta {
+                    table: d.name().to_string(),
+                    location: at(d.name()),
+                    source,
+                })?;
             tables.insert(d, table);
         }
         Ok(Self {
@@ -463,19 +470,41 @@ impl Deriver {
     async fn step(&mut self, force: bool) -> Result<DeriveReport, DeriveError> {
         let started = Instant::now();
         let bronze_name = crate::BRONZE_TABLE;
+        let store = self.bronze.log_store().object_store(None);
+        // The files of the versions after the one folded.
+        let mut new_files = Vec::new();
         let latest = match self.folded {
-            // Only the first step lists bronze's files. After it the newest
-            // version comes from the log's listing after the one folded, and
-            // its files from the new commits themselves: loading the
-            // snapshot would replay every active file, a cost that grows
-            // with history (one file or more per day of events).
-            Some(done) => Some(
-                self.bronze
-                    .log_store()
-                    .get_latest_version(done)
-                    .await
-                    .map_err(|e| self.delta_err(bronze_name, e))?,
-            ),
+            // Only the first step lists bronze's files. After it the new
+            // versions are read one by one from the one folded on, and
+            // their files come from the commits themselves: loading the
+            // snapshot would replay every active file, and listing the log
+            // every entry the log keeps, costs that grow with history.
+            Some(done) => {
+                let mut v = done;
+                while let Some(files) = self.added_files(store.as_ref(), v + 1).await? {
+                    new_files.extend(files);
+                    v += 1;
+                }
+                if v == done {
+                    // Nothing after `done`, or the entries after it were
+                    // cleaned up (only the listing can tell).
+                    let listed = self
+                        .bronze
+                        .log_store()
+                        .get_latest_version(done)
+                        .await
+                        .map_err(|e| self.delta_err(bronze_name, e))?;
+                    if listed > done {
+                        return Err(DeriveError::BronzeFile {
+                            path: format!("_delta_log/{:020}.json", done + 1),
+                            reason: "the log entry is missing (was the table vacuumed or \
+                                     rewritten?); run `pathflow transform --rebuild`"
+                                .to_string(),
+                        });
+                    }
+                }
+                Some(v)
+            }
             None => {
                 self.bronze
                     .update_state()
@@ -491,7 +520,6 @@ impl Deriver {
         let Some(latest) = latest else {
             return Ok(report);
         };
-        let store = self.bronze.log_store().object_store(None);
         let first = self.folded.is_none();
         let advanced = self.folded != Some(latest);
         // Bronze's row count, for the first fold's number of buckets.
@@ -511,14 +539,7 @@ impl Deriver {
                     })
                     .collect()
             }
-            Some(done) if done >= latest => Vec::new(),
-            Some(done) => {
-                let mut files = Vec::new();
-                for v in done + 1..=latest {
-                    files.extend(self.added_files(store.as_ref(), v).await?);
-                }
-                files
-            }
+            Some(_) => new_files,
         };
         let mut touched: Vec<Touched> = Vec::new();
         if first {
@@ -576,7 +597,7 @@ impl Deriver {
 
         // Which tables must be written, and how much of each.
         for d in Derived::all() {
-            let reflected = self.reflected_version(d).await?;
+            let reflected = self.reflected_version(d);
             if force || (first && reflected != Some(latest)) {
                 self.dirty.whole.insert(d);
             } else if reflected.is_some_and(|r| r >= latest) {
@@ -681,35 +702,25 @@ impl Deriver {
 }
 
 impl Deriver {
-    /// The bronze version a derived table's newest commit says it reflects.
-    async fn reflected_version(&mut self, d: Derived) -> Result<Option<Version>, DeriveError> {
-        let table = &self.tables[&d];
-        let log_store = table.log_store();
-        let snapshot = table.snapshot().map_err(|e| self.delta_err(d.name(), e))?;
-        let v = snapshot
-            .transaction_version(log_store.as_ref(), DERIVE_APP_ID)
-            .await
-            .map_err(|e| self.delta_err(d.name(), e))?;
-        Ok(v.and_then(|v| u64::try_from(v).ok()))
+    /// The bronze version a derived table's newest commit (as this deriver
+    /// knows it) says it reflects.
+    fn reflected_version(&self, d: Derived) -> Option<Version> {
+        self.tables[&d].reflected()
     }
 
     /// The data files bronze version `v` added (compactions, which add files
-    /// with `dataChange: false`, bring no new events and are skipped).
+    /// with `dataChange: false`, bring no new events and are skipped);
+    /// `None` when the log has no entry `v`.
     async fn added_files(
         &self,
         store: &dyn ObjectStore,
         v: Version,
-    ) -> Result<Vec<String>, DeriveError> {
+    ) -> Result<Option<Vec<String>>, DeriveError> {
         let entry = deltalake::logstore::read_commit_entry(store, v)
             .await
             .map_err(|e| self.delta_err(crate::BRONZE_TABLE, e))?;
         let Some(entry) = entry else {
-            return Err(DeriveError::BronzeFile {
-                path: format!("_delta_log/{v:020}.json"),
-                reason: "the log entry is missing (was the table vacuumed or rewritten?); \
-                         run `pathflow transform --rebuild`"
-                    .to_string(),
-            });
+            return Ok(None);
         };
         let mut files = Vec::new();
         for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -725,7 +736,7 @@ impl Deriver {
                 files.push(path_decoded(path));
             }
         }
-        Ok(files)
+        Ok(Some(files))
     }
 
     /// Writes every pending rewrite, one Delta commit per table, each with
@@ -853,31 +864,13 @@ impl Deriver {
             partitions.iter().map(|p| BTreeSet::from([*p])).collect();
         let mut attempts = 0;
         loop {
-            if !(force && attempts == 0)
-                && self
-                    .reflected_version(d)
-                    .await?
-                    .is_some_and(|r| r >= version)
+            if !(force && attempts == 0) && self.reflected_version(d).is_some_and(|r| r >= version)
             {
                 return Ok(None);
             }
             let table = self.tables.get(&d).expect("every derived table is open");
-            let snapshot = table.snapshot().map_err(|e| self.delta_err(d.name(), e))?;
-            let removes: Vec<Action> = snapshot
-                .log_data()
-                .iter()
-                .filter(|f| match &names {
-                    None => true,
-                    Some(n) => f
-                        .partition_values_map()
-                        .get(column)
-                        .and_then(|v| v.as_ref())
-                        .is_some_and(|v| n.contains(v)),
-                })
-                .map(|f| Action::Remove(f.remove_action(true)))
-                .collect();
-            let mut writer =
-                RecordBatchWriter::for_table(table).map_err(|e| self.delta_err(d.name(), e))?;
+            let mut writer = RecordBatchWriter::for_table(table.table())
+                .map_err(|e| self.delta_err(d.name(), e))?;
             let mut adds = Vec::new();
             let mut rows = 0;
             for chunk in &chunks {
@@ -901,8 +894,6 @@ impl Deriver {
                         .map_err(|e| self.delta_err(d.name(), e))?,
                 );
             }
-            let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
-            actions.extend(removes);
             let txn = Transaction::new_with_last_update(
                 DERIVE_APP_ID,
                 i64::try_from(version).unwrap_or(i64::MAX),
@@ -913,31 +904,29 @@ impl Deriver {
                 partition_by: Some(vec![column.to_string()]),
                 predicate: predicate.clone(),
             };
-            let result = CommitBuilder::from(commit_properties(snapshot, vec![txn]))
-                .with_actions(actions)
-                .build(Some(snapshot), table.log_store(), operation)
-                .await;
-            match result {
-                Ok(done) => {
-                    let snapshot = done.snapshot();
-                    self.tables
-                        .get_mut(&d)
-                        .expect("every derived table is open")
-                        .state = Some(snapshot);
-                    return Ok(Some(rows));
-                }
-                Err(DeltaTableError::Transaction {
-                    source: TransactionError::CommitConflict(_),
-                }) if attempts < 3 => {
-                    // Another deriver committed: re-read, and either find our
-                    // version written or try again on top of theirs.
-                    attempts += 1;
-                    let table = self
-                        .tables
-                        .get_mut(&d)
-                        .expect("every derived table is open");
-                    let updated = table.update_state().await;
-                    updated.map_err(|e| self.delta_err(d.name(), e))?;
+            let scope = match &names {
+                None => Scope::Whole,
+                Some(n) => Scope::Partitions(n),
+            };
+            let table = self
+                .tables
+                .get_mut(&d)
+                .expect("every derived table is open");
+            let committed = table.commit(scope, adds, operation, txn).await;
+            match committed {
+                Ok(true) => return Ok(Some(rows)),
+                // Another deriver committed (the view is re-read): either
+                // find our version written or try again on top of theirs.
+                Ok(false) if attempts < 3 => attempts += 1,
+                Ok(false) => {
+                    return Err(self.delta_err(
+                        d.name(),
+                        DeltaTableError::Generic(
+                            "other derivers kept committing first; is more than one \
+                             `pathflow transform` deriving these tables?"
+                                .to_string(),
+                        ),
+                    ));
                 }
                 Err(e) => return Err(self.delta_err(d.name(), e)),
             }

@@ -23,6 +23,8 @@
 //! - [`derive`]: the [`derive::Deriver`] that follows the bronze table and
 //!   commits the state and gold tables, only the partitions that changed,
 //!   each commit saying which bronze version it reflects.
+//!   Each derived table's version, `txn` and files by partition are kept in
+//!   `derived_table`, so a step's commit costs the partitions it rewrites.
 //! - [`first_fold`]: the deriver's first step and `--rebuild`: bronze's
 //!   events spread over bucket files by entity, each bucket folded in
 //!   memory and written to the store once.
@@ -37,6 +39,7 @@
 pub mod bronze;
 pub mod commit;
 pub mod derive;
+mod derived_table;
 pub mod first_fold;
 pub mod fold;
 pub mod gold;

@@ -111,6 +111,57 @@ async fn step_by_step_equals_a_rebuild_a_fresh_start_and_reversed_resent_deliver
     }
 }
 
+/// Derived commits are written straight to the log (not through deltalake's
+/// commit, whose snapshot update grows with the table): across the 100th
+/// commit, where deltalake's path writes the checkpoint, and with a second
+/// deriver committing first, the tables stay whole and equal a rebuild.
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_commits_cross_a_checkpoint_and_yield_to_another_deriver() {
+    let events = simulated(2_000, 3, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("tables");
+    let mut bronze = pathflow_transform::testing::Appender::open(&location, "events.test").await;
+    let mut first = open(&location).await;
+    let mut second = open(&location).await;
+    let steps = 110;
+    for (i, part) in events.chunks(events.len().div_ceil(steps)).enumerate() {
+        bronze.append(part).await;
+        if i % 10 == 5 {
+            // The second deriver commits these events first; the first finds
+            // its versions taken, re-reads and writes nothing twice.
+            second.catch_up().await.unwrap();
+            let report = first.catch_up().await.unwrap();
+            assert_eq!(report.commits, 0, "step {i}: {report:?}");
+        } else {
+            first.catch_up().await.unwrap();
+        }
+    }
+    for table in std::iter::once("events".to_string())
+        .chain(Derived::all().into_iter().map(|d| d.name().to_string()))
+    {
+        let checkpoint = location
+            .join(&table)
+            .join("_delta_log/00000000000000000099.checkpoint.parquet");
+        assert!(
+            checkpoint.exists(),
+            "{table} has no checkpoint at version 99"
+        );
+    }
+    let incremental = derived(&location).await;
+    for d in Derived::all() {
+        assert!(!incremental[d.name()].is_empty(), "{} is empty", d.name());
+    }
+    let mut fresh = open(&location).await;
+    fresh.rebuild().await.unwrap();
+    assert_same(&incremental, &derived(&location).await, "rebuild");
+    for (table, rows) in &incremental {
+        match python_rows(&location.join(table)) {
+            Some(n) => assert_eq!(n, rows.len(), "python deltalake reads {table}"),
+            None => break,
+        }
+    }
+}
+
 /// Rows of the Delta table at `location` as the Python `deltalake` package
 /// reads it; `None` when it is not installed.
 fn python_rows(location: &Path) -> Option<usize> {
