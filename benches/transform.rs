@@ -17,7 +17,8 @@
 //! (default 26) size the throughput run's ICB; `PATHFLOW_BENCH_HISTORY_WEEKS`
 //! (default 6) is the 1× history of the commit-duration run (10× is ten times
 //! as many weeks of the same population, `PATHFLOW_BENCH_HISTORY_POPULATION`,
-//! default 20000). `PATHFLOW_BENCH_ONLY=history` runs the second part alone,
+//! default 20000), measured over `PATHFLOW_BENCH_PROBES` commits of 200 events
+//! (default 20). `PATHFLOW_BENCH_ONLY=history` runs the second part alone,
 //! `PATHFLOW_BENCH_ONLY=throughput` the first.
 
 use std::path::Path;
@@ -178,13 +179,21 @@ fn pipeline(brokers: &str, prefix: &str, dir: &Path, n: usize) -> (f64, u64) {
     (secs, rss)
 }
 
-/// Median seconds to commit and derive each of `probes` after `history`.
+/// The median of `values` (the upper one of an even count).
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.into_iter().collect();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
+/// Median seconds to commit and derive each of `probes` after `history`,
+/// each probe's seconds, and where a probe's time goes (medians).
 fn commit_duration(
     runtime: &tokio::runtime::Runtime,
     dir: &Path,
     history: &[Event],
     probes: &[&[Event]],
-) -> (f64, Vec<f64>) {
+) -> (f64, Vec<f64>, String) {
     let location = dir.join(unique("history"));
     runtime.block_on(async {
         let mut deriver = Deriver::open(location.to_str().unwrap(), &Default::default())
@@ -197,16 +206,43 @@ fn commit_duration(
             deriver.catch_up().await.expect("derive");
         }
         let mut times = Vec::new();
+        let mut reports = Vec::new();
+        let mut appends = Vec::new();
         for probe in probes {
             let started = Instant::now();
             bronze.append(probe).await;
-            deriver.catch_up().await.expect("derive");
+            appends.push(started.elapsed().as_secs_f64());
+            reports.push(deriver.catch_up().await.expect("derive"));
             times.push(started.elapsed().as_secs_f64());
         }
-        let mut sorted = times.clone();
-        sorted.sort_by(f64::total_cmp);
         let _ = std::fs::remove_dir_all(&location);
-        (sorted[sorted.len() / 2], times)
+        let ms = |values: Vec<f64>| median(values) * 1e3;
+        let mut tables: Vec<String> = Vec::new();
+        for d in pathflow_transform::derive::Derived::all() {
+            let name = d.name();
+            let secs = reports
+                .iter()
+                .map(|r| r.table_seconds.get(name).copied().unwrap_or(0.0));
+            let parts = reports
+                .iter()
+                .map(|r| r.partitions.get(name).copied().unwrap_or(0) as f64);
+            tables.push(format!(
+                "{name} {:.1} ms/{:.0}p",
+                ms(secs.collect()),
+                median(parts)
+            ));
+        }
+        let breakdown = format!(
+            "bronze commit {:.1} ms, fold {:.1} ms, tables {:.1} ms ({})",
+            ms(appends),
+            ms(reports.iter().map(|r| r.fold_seconds).collect()),
+            ms(reports
+                .iter()
+                .map(|r| r.table_seconds.values().sum::<f64>())
+                .collect()),
+            tables.join(", ")
+        );
+        (median(times.iter().copied()), times, breakdown)
     })
 }
 
@@ -255,16 +291,17 @@ fn main() {
     }
     let population = env_or("PATHFLOW_BENCH_HISTORY_POPULATION", 20_000);
     let weeks = env_or("PATHFLOW_BENCH_HISTORY_WEEKS", 6);
+    let probes = env_or("PATHFLOW_BENCH_PROBES", 20);
     let mut medians = Vec::new();
     for factor in [1, 10] {
         let mut events = simulated(dir.path(), population, weeks * factor, 2);
-        // The last 2,000 events, in 10 commits of 200: within the newest week.
-        let probe: Vec<Event> = events.split_off(events.len() - 2_000);
+        // The newest events, in commits of 200 (within the newest days).
+        let probe: Vec<Event> = events.split_off(events.len() - 200 * probes as usize);
         let probes: Vec<&[Event]> = probe.chunks(200).collect();
-        let (median, times) = commit_duration(&runtime, dir.path(), &events, &probes);
+        let (median, times, breakdown) = commit_duration(&runtime, dir.path(), &events, &probes);
         let shown: Vec<String> = times.iter().map(|t| format!("{:.0}", t * 1e3)).collect();
         println!(
-            "transform bench: {factor}x history ({} weeks, {} events): commit+derive of 200 new events, median {:.0} ms (each: {} ms)",
+            "transform bench: {factor}x history ({} weeks, {} events): commit+derive of 200 new events, median {:.0} ms (each: {} ms)\n  medians: {breakdown}",
             weeks * factor,
             events.len(),
             median * 1e3,

@@ -207,8 +207,16 @@ pub struct DeriveReport {
     pub rows: BTreeMap<&'static str, usize>,
     /// Tables committed.
     pub commits: usize,
+    /// Partitions rewritten, per table committed.
+    pub partitions: BTreeMap<&'static str, usize>,
     /// Seconds spent.
     pub seconds: f64,
+    /// Of which: reading the new bronze files and folding their events into
+    /// the entities' state and the gold aggregates.
+    pub fold_seconds: f64,
+    /// Of which: writing and committing each table (the rest is the step's
+    /// bookkeeping), per table committed.
+    pub table_seconds: BTreeMap<&'static str, f64>,
 }
 
 /// Which entities sit in which partition of one state table: each id's
@@ -606,6 +614,7 @@ impl Deriver {
                 self.dirty.whole.remove(&d);
             }
         }
+        report.fold_seconds = started.elapsed().as_secs_f64();
         if advanced || !self.dirty.is_empty() {
             self.write(latest, force, &mut report).await?;
         }
@@ -759,8 +768,12 @@ impl Deriver {
                 dirty.partitions.get(&d).cloned().unwrap_or_default()
             };
             let scope = if whole { None } else { Some(&partitions) };
+            let started = Instant::now();
             if let Some(rows) = self.replace(d, scope, &partitions, version, force).await? {
                 *report.rows.entry(d.name()).or_default() += rows;
+                *report.partitions.entry(d.name()).or_default() += partitions.len();
+                *report.table_seconds.entry(d.name()).or_default() +=
+                    started.elapsed().as_secs_f64();
                 report.commits += 1;
             }
         }
