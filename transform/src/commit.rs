@@ -499,6 +499,15 @@ impl BronzeWriter {
         &mut self,
         partitions: impl IntoIterator<Item = TopicPartition>,
     ) -> Result<(), CommitError> {
+        let partitions: Vec<TopicPartition> = partitions.into_iter().collect();
+        if partitions.is_empty() {
+            // Nothing to look up, so no reason to bring the loaded table up
+            // to date: after direct commits that is a replay of every new
+            // commit into the list of every active file, a cost that grows
+            // with history (every `stage` asks about its unknown partitions,
+            // usually none).
+            return Ok(());
+        }
         self.sync().await?;
         let log_store = self.table.log_store();
         for (topic, partition) in partitions {

@@ -28,7 +28,7 @@
 //! week with events (waits so far, overdue days); when that week moves on,
 //! both are rewritten whole, once per week of event time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,14 +37,11 @@ use arrow::array::{ArrayRef, Date32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use bytes::Bytes;
 use chrono::{NaiveDate, Utc};
 use deltalake::kernel::{Transaction, Version};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path as StorePath};
-use object_store::ObjectStoreExt;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
 use pathflow_schemas::{Event, PseudoId, Week};
 
 use crate::bronze::{UnreadableRow, events_of};
@@ -53,6 +50,7 @@ use crate::derived_table::{DerivedTable, Scope};
 use crate::first_fold::{self, FirstFold};
 use crate::fold::{Fold, Touched};
 use crate::gold::{self, Gold, GoldTable};
+use crate::partition_rewrite::{self, Written};
 use crate::rules;
 use crate::spill::{SpillError, Spilled, Store};
 use crate::state_tables;
@@ -217,6 +215,9 @@ pub struct DeriveReport {
     /// Of which: writing and committing each table (the rest is the step's
     /// bookkeeping), per table committed.
     pub table_seconds: BTreeMap<&'static str, f64>,
+    /// Of the rows written, those taken from their partition's previous
+    /// file rather than built from the store, per state table.
+    pub reused: BTreeMap<&'static str, usize>,
 }
 
 /// Which entities sit in which partition of one state table: each id's
@@ -307,6 +308,10 @@ fn date32(d: NaiveDate) -> i32 {
 struct Dirty {
     partitions: BTreeMap<Derived, BTreeSet<NaiveDate>>,
     whole: BTreeSet<Derived>,
+    /// The entities whose rows changed, per state table (not kept by the
+    /// first step, which writes every table whole): a partial rewrite reads
+    /// only these from the store (see [`partition_rewrite`]).
+    ids: BTreeMap<Derived, HashSet<PseudoId>>,
 }
 
 impl Dirty {
@@ -317,6 +322,13 @@ impl Dirty {
     fn is_empty(&self) -> bool {
         self.whole.is_empty() && self.partitions.values().all(BTreeSet::is_empty)
     }
+}
+
+/// What one table's rewrite wrote.
+struct Rewritten {
+    rows: usize,
+    /// Of which taken from their partition's previous file.
+    reused: usize,
 }
 
 /// Folds the bronze table into the derived tables, step by step.
@@ -340,6 +352,8 @@ pub struct Deriver {
     as_of_week: Option<Week>,
     anchors: BTreeMap<Derived, Anchors>,
     dirty: Dirty,
+    /// The file this deriver last wrote for each state partition.
+    written: BTreeMap<Derived, BTreeMap<NaiveDate, Written>>,
 }
 
 impl Deriver {
@@ -417,6 +431,7 @@ impl Deriver {
             folded: None,
             as_of_week: None,
             dirty: Dirty::default(),
+            written: BTreeMap::new(),
         })
     }
 
@@ -472,6 +487,7 @@ impl Deriver {
         self.folded = None;
         self.as_of_week = None;
         self.dirty = Dirty::default();
+        self.written.clear();
         self.step(true).await
     }
 
@@ -589,12 +605,12 @@ impl Deriver {
                 let Some(last) = slice.last().cloned() else {
                     break;
                 };
-                self.absorb(slice);
+                self.absorb(slice, false);
                 self.flush()?;
                 after = Some(last);
             }
         } else {
-            self.absorb(touched);
+            self.absorb(touched, true);
         }
         // The writes read every row from the store; and a read that failed
         // there must not reach a table.
@@ -647,9 +663,10 @@ impl Deriver {
         }
     }
 
-    /// Records what the touched entities change: their state partitions and
-    /// the gold weeks (including weeks the newest week of events adds).
-    fn absorb(&mut self, mut unique: Vec<Touched>) {
+    /// Records what the touched entities change: their state partitions
+    /// (and, with `keep_ids`, the entities) and the gold weeks (including
+    /// weeks the newest week of events adds).
+    fn absorb(&mut self, mut unique: Vec<Touched>, keep_ids: bool) {
         unique.sort();
         unique.dedup();
         for t in &unique {
@@ -688,6 +705,9 @@ impl Deriver {
             };
             let changed = anchors.place(id, anchor);
             self.dirty.mark(table, changed.into_iter().flatten());
+            if keep_ids {
+                self.dirty.ids.entry(table).or_default().insert(id.clone());
+            }
         }
         let mut changed = self.gold.update(&self.fold, &unique);
         if let Some(as_of) = self.as_of {
@@ -768,9 +788,22 @@ impl Deriver {
                 dirty.partitions.get(&d).cloned().unwrap_or_default()
             };
             let scope = if whole { None } else { Some(&partitions) };
+            // A partial rewrite knows which rows changed; a whole one (the
+            // "as of" week moved, a rebuild, the first step) builds them all.
+            let changed = if whole || force {
+                None
+            } else {
+                dirty.ids.get(&d)
+            };
             let started = Instant::now();
-            if let Some(rows) = self.replace(d, scope, &partitions, version, force).await? {
-                *report.rows.entry(d.name()).or_default() += rows;
+            if let Some(done) = self
+                .replace(d, scope, &partitions, changed, version, force)
+                .await?
+            {
+                *report.rows.entry(d.name()).or_default() += done.rows;
+                if done.reused > 0 {
+                    *report.reused.entry(d.name()).or_default() += done.reused;
+                }
                 *report.partitions.entry(d.name()).or_default() += partitions.len();
                 *report.table_seconds.entry(d.name()).or_default() +=
                     started.elapsed().as_secs_f64();
@@ -792,62 +825,125 @@ impl Deriver {
         }
     }
 
-    /// The complete rows of `partitions` of one table. (Arrow's error, not
-    /// [`DeriveError`], whose Delta variant is too large for a sync `Result`.)
-    /// [`replace`](Self::replace) asks for one partition at a time, so a
-    /// whole-table rewrite never holds the whole table as Arrow.
-    fn batches(
+    /// The complete rows of one partition of one table (`None`: it has no
+    /// rows). (Arrow's error, not [`DeriveError`], whose Delta variant is
+    /// too large for a sync `Result`.) [`replace`](Self::replace) asks for
+    /// one partition at a time, so a whole-table rewrite never holds the
+    /// whole table as Arrow.
+    ///
+    /// With `previous` (the partition's last file, see [`Self::previous_rows`])
+    /// and the entities whose rows `changed`, only those are read from the
+    /// store; the other rows are the file's (how many is the second value).
+    fn batch(
         &self,
         d: Derived,
-        partitions: &BTreeSet<NaiveDate>,
-    ) -> Result<Vec<RecordBatch>, ArrowError> {
+        partition: NaiveDate,
+        previous: Option<&RecordBatch>,
+        changed: Option<&HashSet<PseudoId>>,
+    ) -> Result<Option<(RecordBatch, usize)>, ArrowError> {
         if let Derived::Gold(g) = d {
-            let weeks: BTreeSet<Week> = partitions.iter().map(|m| Week::of(*m)).collect();
-            let batch = self.gold.batch(g, &weeks)?;
-            return Ok(vec![batch]);
+            let batch = self.gold.batch(g, &BTreeSet::from([Week::of(partition)]))?;
+            return Ok(Some((batch, 0)));
         }
-        let as_of = rules::week_end(self.as_of_week.unwrap_or(Week::of(unknown_anchor())));
-        let mut out = Vec::new();
         let Some(anchors) = self.anchors.get(&d) else {
-            return Ok(out);
+            return Ok(None);
         };
-        for p in partitions {
-            let ids = anchors.ids(*p);
-            if ids.is_empty() {
-                continue;
-            }
-            // One partition's states, from the store.
-            let f = &self.fold;
-            let batch = match d {
-                Derived::Referrals => {
-                    let s = f.referrals_of(&ids);
-                    state_tables::referrals_batch(s.iter().map(|c| c.as_ref()), as_of)
-                }
-                Derived::Appointments => {
-                    let s = f.appointments_of(&ids);
-                    state_tables::appointments_batch(s.iter().map(|c| c.as_ref()))
-                }
-                Derived::Followups => {
-                    let s = f.followups_of(&ids);
-                    state_tables::followups_batch(s.iter().map(|c| c.as_ref()), as_of)
-                }
-                Derived::Advice => {
-                    let s = f.advice_of(&ids);
-                    state_tables::advice_batch(s.iter().map(|c| c.as_ref()))
-                }
-                Derived::Gold(_) => unreachable!("gold handled above"),
-            }?;
-            let anchor: ArrayRef = Arc::new(Date32Array::from(vec![date32(*p); batch.num_rows()]));
-            let mut columns = batch.columns().to_vec();
-            columns.push(anchor);
-            out.push(RecordBatch::try_new(d.schema(), columns)?);
+        let ids = anchors.ids(partition);
+        if ids.is_empty() {
+            return Ok(None);
         }
-        Ok(out)
+        if let (Some(previous), Some(changed)) = (previous, changed)
+            && let Some(merged) = partition_rewrite::merge(&ids, previous, changed, |wanted| {
+                self.state_rows(d, partition, wanted)
+            })?
+        {
+            return Ok(Some(merged));
+        }
+        Ok(Some((self.state_rows(d, partition, &ids)?, 0)))
+    }
+
+    /// The rows of `ids` (members of `partition` of state table `d`), from the store.
+    fn state_rows(
+        &self,
+        d: Derived,
+        partition: NaiveDate,
+        ids: &[PseudoId],
+    ) -> Result<RecordBatch, ArrowError> {
+        let as_of = rules::week_end(self.as_of_week.unwrap_or(Week::of(unknown_anchor())));
+        let f = &self.fold;
+        let batch = match d {
+            Derived::Referrals => {
+                let s = f.referrals_of(ids);
+                state_tables::referrals_batch(s.iter().map(|c| c.as_ref()), as_of)
+            }
+            Derived::Appointments => {
+                let s = f.appointments_of(ids);
+                state_tables::appointments_batch(s.iter().map(|c| c.as_ref()))
+            }
+            Derived::Followups => {
+                let s = f.followups_of(ids);
+                state_tables::followups_batch(s.iter().map(|c| c.as_ref()), as_of)
+            }
+            Derived::Advice => {
+                let s = f.advice_of(ids);
+                state_tables::advice_batch(s.iter().map(|c| c.as_ref()))
+            }
+            Derived::Gold(_) => unreachable!("gold tables have no entity rows"),
+        }?;
+        let anchor: ArrayRef =
+            Arc::new(Date32Array::from(vec![date32(partition); batch.num_rows()]));
+        let mut columns = batch.columns().to_vec();
+        columns.push(anchor);
+        RecordBatch::try_new(d.schema(), columns)
+    }
+
+    /// The rows of the file this deriver last wrote for `partition` of state
+    /// table `d`, partition column included, when that is still the
+    /// partition's only file and its "as of" values are this week's; `None`
+    /// otherwise, or when it cannot be read (the rows are then built from
+    /// the store, as they always can be).
+    async fn previous_rows(&self, d: Derived, partition: NaiveDate) -> Option<RecordBatch> {
+        let written = self.written.get(&d)?.get(&partition)?;
+        if written.week != self.as_of_week {
+            return None;
+        }
+        let table = self.tables.get(&d)?;
+        let name = partition.format("%Y-%m-%d").to_string();
+        if table.paths_of(&name) != [written.path.as_str()] {
+            return None;
+        }
+        let store = table.table().log_store().object_store(None);
+        let reader = partition_rewrite::read_parquet(store.as_ref(), &path_decoded(&written.path))
+            .await
+            .ok()?;
+        let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().ok()?;
+        let schema = d.schema();
+        // The file holds every column but the partition column, in order.
+        let names =
+            |s: &Schema| -> Vec<String> { s.fields().iter().map(|f| f.name().clone()).collect() };
+        let expected = names(&schema);
+        if batches
+            .iter()
+            .any(|b| names(&b.schema()) != expected[..expected.len() - 1])
+        {
+            return None;
+        }
+        let mut columns = Vec::new();
+        for i in 0..schema.fields().len() - 1 {
+            let parts: Vec<&dyn arrow::array::Array> = batches
+                .iter()
+                .map(|b| b.columns().get(i).map(|c| c.as_ref()))
+                .collect::<Option<_>>()?;
+            columns.push(arrow::compute::concat(&parts).ok()?);
+        }
+        let rows = columns.first().map_or(0, |c| c.len());
+        columns.push(Arc::new(Date32Array::from(vec![date32(partition); rows])));
+        RecordBatch::try_new(schema, columns).ok()
     }
 
     /// Replaces the rows of `scope`'s partitions (every partition when
     /// `None`) of one table with the rows of `partitions`, in one commit
-    /// carrying the derive `txn`; returns the rows written. `None` when the
+    /// carrying the derive `txn`; returns what it wrote. `None` when the
     /// table already reflects `version` (nothing written) unless `force` (a
     /// rebuild).
     ///
@@ -855,15 +951,18 @@ impl Deriver {
     /// is flushed after each (one file per partition, as one batch would
     /// give): the weekly rewrite of `referrals` and `followups` and a
     /// rebuild hold one partition in memory, not the table, and the Parquet
-    /// writer one partition's column encoders.
+    /// writer one partition's column encoders. With `changed` (a partial
+    /// rewrite's changed entities), a partition's other rows come from its
+    /// last file when that can be used ([`Self::previous_rows`]).
     async fn replace(
         &mut self,
         d: Derived,
         scope: Option<&BTreeSet<NaiveDate>>,
         partitions: &BTreeSet<NaiveDate>,
+        changed: Option<&HashSet<PseudoId>>,
         version: Version,
         force: bool,
-    ) -> Result<Option<usize>, DeriveError> {
+    ) -> Result<Option<Rewritten>, DeriveError> {
         let column = d.partition_column();
         let names: Option<BTreeSet<String>> =
             scope.map(|p| p.iter().map(|d| d.format("%Y-%m-%d").to_string()).collect());
@@ -873,8 +972,6 @@ impl Deriver {
         });
         // One partition at a time, gold too: the Parquet writer keeps a
         // dictionary encoder per column of every partition it has open.
-        let chunks: Vec<BTreeSet<NaiveDate>> =
-            partitions.iter().map(|p| BTreeSet::from([*p])).collect();
         let mut attempts = 0;
         loop {
             if !(force && attempts == 0) && self.reflected_version(d).is_some_and(|r| r >= version)
@@ -886,15 +983,21 @@ impl Deriver {
                 .map_err(|e| self.delta_err(d.name(), e))?;
             let mut adds = Vec::new();
             let mut rows = 0;
-            for chunk in &chunks {
-                let batches = self
-                    .batches(d, chunk)
+            let mut reused = 0;
+            for &partition in partitions {
+                let previous = match changed {
+                    Some(_) => self.previous_rows(d, partition).await,
+                    None => None,
+                };
+                let batch = self
+                    .batch(d, partition, previous.as_ref(), changed)
                     .map_err(|source| DeriveError::Batch {
                         table: d.name(),
                         source,
                     })?;
-                for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
+                if let Some((batch, from_file)) = batch.filter(|(b, _)| b.num_rows() > 0) {
                     rows += batch.num_rows();
+                    reused += from_file;
                     writer
                         .write(batch)
                         .await
@@ -921,13 +1024,27 @@ impl Deriver {
                 None => Scope::Whole,
                 Some(n) => Scope::Partitions(n),
             };
+            let files: Vec<(Option<String>, String)> = adds
+                .iter()
+                .map(|a| {
+                    let value = a.partition_values.get(column).cloned().flatten();
+                    (value, a.path.clone())
+                })
+                .collect();
             let table = self
                 .tables
                 .get_mut(&d)
                 .expect("every derived table is open");
             let committed = table.commit(scope, adds, operation, txn).await;
+            if !matches!(committed, Ok(true)) {
+                // The table may now hold another deriver's files.
+                self.written.remove(&d);
+            }
             match committed {
-                Ok(true) => return Ok(Some(rows)),
+                Ok(true) => {
+                    self.wrote(d, names.is_none(), partitions, files);
+                    return Ok(Some(Rewritten { rows, reused }));
+                }
                 // Another deriver committed (the view is re-read): either
                 // find our version written or try again on top of theirs.
                 Ok(false) if attempts < 3 => attempts += 1,
@@ -942,6 +1059,33 @@ impl Deriver {
                     ));
                 }
                 Err(e) => return Err(self.delta_err(d.name(), e)),
+            }
+        }
+    }
+
+    /// Remembers the files a state table's commit wrote for `partitions`
+    /// (every partition when `whole`), for the next partial rewrite.
+    fn wrote(
+        &mut self,
+        d: Derived,
+        whole: bool,
+        partitions: &BTreeSet<NaiveDate>,
+        files: Vec<(Option<String>, String)>,
+    ) {
+        if matches!(d, Derived::Gold(_)) {
+            return;
+        }
+        let week = self.as_of_week;
+        let written = self.written.entry(d).or_default();
+        if whole {
+            written.clear();
+        }
+        for p in partitions {
+            written.remove(p);
+        }
+        for (value, path) in files {
+            if let Some(partition) = value.and_then(|v| v.parse::<NaiveDate>().ok()) {
+                written.insert(partition, Written { path, week });
             }
         }
     }
@@ -1020,19 +1164,9 @@ async fn read_events(store: &dyn ObjectStore, path: &str) -> Result<Vec<Event>, 
         path: path.to_string(),
         reason,
     };
-    let location = StorePath::parse(path).map_err(|e| failed(e.to_string()))?;
-    let bytes: Bytes = store
-        .get(&location)
+    let reader = partition_rewrite::read_parquet(store, path)
         .await
-        .map_err(|e| failed(e.to_string()))?
-        .bytes()
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| failed(e.to_string()))?
-        .with_batch_size(8192)
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(failed)?;
     let mut events = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| failed(e.to_string()))?;

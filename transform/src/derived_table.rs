@@ -96,6 +96,14 @@ impl DerivedTable {
         Ok(())
     }
 
+    /// The paths (as the log names them) of the active files of one partition.
+    pub(crate) fn paths_of(&self, partition: &str) -> Vec<&str> {
+        self.files
+            .get(&Some(partition.to_string()))
+            .map(|files| files.iter().map(|r| r.path.as_str()).collect())
+            .unwrap_or_default()
+    }
+
     /// The remove actions of every active file in `scope`.
     pub(crate) fn removes(&self, scope: &Scope<'_>) -> Vec<Action> {
         let now = Utc::now().timestamp_millis();

@@ -24,7 +24,9 @@
 //!   commits the state and gold tables, only the partitions that changed,
 //!   each commit saying which bronze version it reflects.
 //!   Each derived table's version, `txn` and files by partition are kept in
-//!   `derived_table`, so a step's commit costs the partitions it rewrites.
+//!   `derived_table`, so a step's commit costs the partitions it rewrites;
+//!   a partition's untouched rows come from the file the deriver last
+//!   wrote for it (`partition_rewrite`), not from the store.
 //! - [`first_fold`]: the deriver's first step and `--rebuild`: bronze's
 //!   events spread over bucket files by entity, each bucket folded in
 //!   memory and written to the store once.
@@ -43,6 +45,7 @@ mod derived_table;
 pub mod first_fold;
 pub mod fold;
 pub mod gold;
+mod partition_rewrite;
 pub mod rules;
 pub mod run;
 pub mod spill;

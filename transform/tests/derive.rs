@@ -162,6 +162,47 @@ async fn direct_commits_cross_a_checkpoint_and_yield_to_another_deriver() {
     }
 }
 
+/// A step rewrites the partitions its events touched, taking the rows of
+/// the entities it did not touch from the file it last wrote there; across
+/// a week's end (every "as of" row rewritten from the store) and back, the
+/// tables equal a rebuild.
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_rewrites_take_untouched_rows_from_their_files_and_equal_a_rebuild() {
+    let mut events = simulated(2_000, 4, 4);
+    events.sort_by_key(|e| e.envelope.occurred_at);
+    let probes = events.split_off(events.len() - 3_000);
+    let week = |e: &Event| pathflow_schemas::Week::of(e.envelope.occurred_at.date_naive());
+    assert_ne!(
+        week(&probes[0]),
+        week(&probes[probes.len() - 1]),
+        "the probes should cross a week's end"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("tables");
+    let mut bronze = pathflow_transform::testing::Appender::open(&location, "events.test").await;
+    let mut deriver = open(&location).await;
+    bronze.append(&events).await;
+    deriver.catch_up().await.unwrap();
+    let mut reused = std::collections::BTreeMap::new();
+    for probe in probes.chunks(200) {
+        bronze.append(probe).await;
+        let report = deriver.catch_up().await.unwrap();
+        for (table, n) in &report.reused {
+            *reused.entry(*table).or_insert(0) += n;
+        }
+    }
+    for table in ["referrals", "appointments", "followups"] {
+        assert!(
+            reused.get(table).is_some_and(|n| *n > 0),
+            "no {table} row came from a file: {reused:?}"
+        );
+    }
+    let incremental = derived(&location).await;
+    let mut fresh = open(&location).await;
+    fresh.rebuild().await.unwrap();
+    assert_same(&incremental, &derived(&location).await, "rebuild");
+}
+
 /// Rows of the Delta table at `location` as the Python `deltalake` package
 /// reads it; `None` when it is not installed.
 fn python_rows(location: &Path) -> Option<usize> {
