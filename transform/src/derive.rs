@@ -899,12 +899,13 @@ impl Deriver {
 
     /// The rows of the file this deriver last wrote for `partition` of state
     /// table `d`, partition column included, when that is still the
-    /// partition's only file and its "as of" values are this week's; `None`
+    /// partition's only file and its "as of" values (if the table has any)
+    /// are this week's; `None`
     /// otherwise, or when it cannot be read (the rows are then built from
     /// the store, as they always can be).
     async fn previous_rows(&self, d: Derived, partition: NaiveDate) -> Option<RecordBatch> {
         let written = self.written.get(&d)?.get(&partition)?;
-        if written.week != self.as_of_week {
+        if d.has_as_of() && written.week != self.as_of_week {
             return None;
         }
         let table = self.tables.get(&d)?;

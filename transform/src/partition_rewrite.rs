@@ -5,11 +5,12 @@
 //! ones. Built from the store, each row is a read of one entity's state,
 //! and those reads get slower as the store grows with history (more of it
 //! falls outside the page cache). So when the deriver itself wrote the
-//! partition's only file in the same "as of" week, the rows of the entities
-//! the step did not touch are taken from that file, and only the touched
-//! (and newly placed) entities are read from the store. The rows come out
-//! as a rebuild from the store would write them, in the same order
-//! (`rewriting_a_partition_from_its_file_equals_building_it_from_the_store`
+//! partition's only file (in the same "as of" week, for the tables whose
+//! rows hold "as of" values), the rows of the entities the step did not
+//! touch are taken from that file, and only the touched (and newly placed)
+//! entities are read from the store. The rows come out as a build from the
+//! store would write them, in the same order
+//! (`partial_rewrites_take_untouched_rows_from_their_files_and_equal_a_rebuild`
 //! in `tests/derive.rs`, and every incremental-against-rebuild test).
 
 use std::collections::{HashMap, HashSet};
