@@ -831,15 +831,14 @@ impl Deriver {
     /// one partition at a time, so a whole-table rewrite never holds the
     /// whole table as Arrow.
     ///
-    /// With `previous` (the partition's last file, see [`Self::previous_rows`])
-    /// and the entities whose rows `changed`, only those are read from the
+    /// With `previous`, the partition's last file (see [`Self::previous_rows`])
+    /// and the entities whose rows changed, only those are read from the
     /// store; the other rows are the file's (how many is the second value).
     fn batch(
         &self,
         d: Derived,
         partition: NaiveDate,
-        previous: Option<&RecordBatch>,
-        changed: Option<&HashSet<PseudoId>>,
+        previous: Option<(&RecordBatch, &HashSet<PseudoId>)>,
     ) -> Result<Option<(RecordBatch, usize)>, ArrowError> {
         if let Derived::Gold(g) = d {
             let batch = self.gold.batch(g, &BTreeSet::from([Week::of(partition)]))?;
@@ -852,7 +851,7 @@ impl Deriver {
         if ids.is_empty() {
             return Ok(None);
         }
-        if let (Some(previous), Some(changed)) = (previous, changed)
+        if let Some((previous, changed)) = previous
             && let Some(merged) = partition_rewrite::merge(&ids, previous, changed, |wanted| {
                 self.state_rows(d, partition, wanted)
             })?
@@ -890,11 +889,7 @@ impl Deriver {
             }
             Derived::Gold(_) => unreachable!("gold tables have no entity rows"),
         }?;
-        let anchor: ArrayRef =
-            Arc::new(Date32Array::from(vec![date32(partition); batch.num_rows()]));
-        let mut columns = batch.columns().to_vec();
-        columns.push(anchor);
-        RecordBatch::try_new(d.schema(), columns)
+        with_anchor(d, partition, &batch)
     }
 
     /// The rows of the file this deriver last wrote for `partition` of state
@@ -918,28 +913,20 @@ impl Deriver {
             .await
             .ok()?;
         let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().ok()?;
-        let schema = d.schema();
+        let rows = arrow::compute::concat_batches(&batches.first()?.schema(), &batches).ok()?;
         // The file holds every column but the partition column, in order.
-        let names =
-            |s: &Schema| -> Vec<String> { s.fields().iter().map(|f| f.name().clone()).collect() };
-        let expected = names(&schema);
-        if batches
+        let schema = d.schema();
+        let columns = &schema.fields()[..schema.fields().len() - 1];
+        if !rows
+            .schema()
+            .fields()
             .iter()
-            .any(|b| names(&b.schema()) != expected[..expected.len() - 1])
+            .map(|f| f.name())
+            .eq(columns.iter().map(|f| f.name()))
         {
             return None;
         }
-        let mut columns = Vec::new();
-        for i in 0..schema.fields().len() - 1 {
-            let parts: Vec<&dyn arrow::array::Array> = batches
-                .iter()
-                .map(|b| b.columns().get(i).map(|c| c.as_ref()))
-                .collect::<Option<_>>()?;
-            columns.push(arrow::compute::concat(&parts).ok()?);
-        }
-        let rows = columns.first().map_or(0, |c| c.len());
-        columns.push(Arc::new(Date32Array::from(vec![date32(partition); rows])));
-        RecordBatch::try_new(schema, columns).ok()
+        with_anchor(d, partition, &rows).ok()
     }
 
     /// Replaces the rows of `scope`'s partitions (every partition when
@@ -983,15 +970,19 @@ impl Deriver {
             let mut writer = RecordBatchWriter::for_table(table.table())
                 .map_err(|e| self.delta_err(d.name(), e))?;
             let mut adds = Vec::new();
+            let mut files = Vec::new();
             let mut rows = 0;
             let mut reused = 0;
             for &partition in partitions {
                 let previous = match changed {
-                    Some(_) => self.previous_rows(d, partition).await,
+                    Some(changed) => self
+                        .previous_rows(d, partition)
+                        .await
+                        .map(|rows| (rows, changed)),
                     None => None,
                 };
                 let batch = self
-                    .batch(d, partition, previous.as_ref(), changed)
+                    .batch(d, partition, previous.as_ref().map(|(r, c)| (r, *c)))
                     .map_err(|source| DeriveError::Batch {
                         table: d.name(),
                         source,
@@ -1004,12 +995,12 @@ impl Deriver {
                         .await
                         .map_err(|e| self.delta_err(d.name(), e))?;
                 }
-                adds.extend(
-                    writer
-                        .flush()
-                        .await
-                        .map_err(|e| self.delta_err(d.name(), e))?,
-                );
+                let added = writer
+                    .flush()
+                    .await
+                    .map_err(|e| self.delta_err(d.name(), e))?;
+                files.extend(added.iter().map(|a| (partition, a.path.clone())));
+                adds.extend(added);
             }
             let txn = Transaction::new_with_last_update(
                 DERIVE_APP_ID,
@@ -1025,13 +1016,6 @@ impl Deriver {
                 None => Scope::Whole,
                 Some(n) => Scope::Partitions(n),
             };
-            let files: Vec<(Option<String>, String)> = adds
-                .iter()
-                .map(|a| {
-                    let value = a.partition_values.get(column).cloned().flatten();
-                    (value, a.path.clone())
-                })
-                .collect();
             let table = self
                 .tables
                 .get_mut(&d)
@@ -1071,7 +1055,7 @@ impl Deriver {
         d: Derived,
         whole: bool,
         partitions: &BTreeSet<NaiveDate>,
-        files: Vec<(Option<String>, String)>,
+        files: Vec<(NaiveDate, String)>,
     ) {
         if matches!(d, Derived::Gold(_)) {
             return;
@@ -1084,10 +1068,8 @@ impl Deriver {
         for p in partitions {
             written.remove(p);
         }
-        for (value, path) in files {
-            if let Some(partition) = value.and_then(|v| v.parse::<NaiveDate>().ok()) {
-                written.insert(partition, Written { path, week });
-            }
+        for (partition, path) in files {
+            written.insert(partition, Written { path, week });
         }
     }
 }
@@ -1129,6 +1111,19 @@ pub async fn sql_session(
             .map_err(|e| failed(DeltaTableError::from(e)))?;
     }
     Ok(ctx)
+}
+
+/// `batch` (a state table's columns but the partition column) with the
+/// partition column of `partition` added.
+fn with_anchor(
+    d: Derived,
+    partition: NaiveDate,
+    batch: &RecordBatch,
+) -> Result<RecordBatch, ArrowError> {
+    let anchor: ArrayRef = Arc::new(Date32Array::from(vec![date32(partition); batch.num_rows()]));
+    let mut columns = batch.columns().to_vec();
+    columns.push(anchor);
+    RecordBatch::try_new(d.schema(), columns)
 }
 
 /// A path as the Delta log stores it (percent-encoded) → as the store names it.

@@ -505,9 +505,7 @@ impl Counters {
                     }
                 }
                 bump(&mut self.cells[start + k], value);
-                let Some((start, len)) = self.hist(h) else {
-                    return;
-                };
+                let len = len.max(k + 1);
                 let kept = self.cells[start..start + len]
                     .iter()
                     .rposition(|&n| n != 0)
